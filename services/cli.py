@@ -55,7 +55,8 @@ def format_schedule_table(config: RunConfig, every: int | None = None) -> str:
     """A human-readable table of the phases (every `every` steps, plus the boundaries)."""
     sched = config.build_schedule()
     step_every = every or max(1, sched.total_steps // 20)
-    keep = {1, sched.total_steps, sched.min_step, sched.max_step} | set(range(step_every, sched.total_steps, step_every))
+    boundaries = {1, sched.total_steps, sched.min_step, sched.max_step}
+    keep = boundaries | set(range(step_every, sched.total_steps, step_every))
     lines = [
         f"run {config.run_id}: strategy={config.strategy} mode={config.schedule.mode} "
         f"m0={config.schedule.initial_magnitude} T={sched.total_steps} min_step={sched.min_step} "
@@ -90,7 +91,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     from services.stack import run_main_job
 
-    return run_main_job(config, out_dir=args.out, redis_url=args.redis_url)
+    code: int = run_main_job(config, out_dir=args.out, redis_url=args.redis_url)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

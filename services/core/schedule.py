@@ -49,7 +49,9 @@ class ScheduleConfig(BaseModel):
                 )
             return self
         if self.max_ratio is None:
-            raise ValueError(f"mode={self.mode!r} needs max_ratio (the fraction of training where r reaches 0), e.g. 0.8.")
+            raise ValueError(
+                f"mode={self.mode!r} needs max_ratio (the fraction of training where r reaches 0), e.g. 0.8."
+            )
         for name, value in (("min_ratio", self.min_ratio), ("max_ratio", self.max_ratio)):
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name}={value!r} is invalid: it must be a fraction in [0, 1].")

@@ -32,7 +32,7 @@ def test_override_parsing() -> None:
     assert parse_override("a.b=0.5") == (["a", "b"], 0.5)
     assert parse_override("a=linear") == (["a"], "linear")
     assert parse_override('a="x=y"') == (["a"], "x=y")
-    with pytest.raises(ValueError, match="key.path=value"):
+    with pytest.raises(ValueError, match=r"key\.path=value"):
         parse_override("novalue")
     with pytest.raises(ValueError, match="is a value, not a table"):
         apply_overrides({"a": 1}, ["a.b=2"])

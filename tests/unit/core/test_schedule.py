@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -53,7 +54,7 @@ def test_gamma_starts_at_m0_to_the_gamma() -> None:
 def test_monotone_non_increasing_and_zero_from_max_step(mode: str) -> None:
     sched = Schedule(ScheduleConfig(mode=mode, min_ratio=0.2, max_ratio=0.7), 50)  # type: ignore[arg-type]
     ratios = [ph.ratio for ph in sched.curve()]
-    assert all(a >= b for a, b in zip(ratios, ratios[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(ratios))
     assert all(ph.ratio == 0.0 and ph.stage == "general" for ph in sched.curve()[sched.max_step - 1 :])
     assert sched.phase(1000).ratio == 0.0
 
