@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from services.core.config import CreditStrategy
 from services.core.schedule import Phase
 
-CreditStrategy = Literal["none", "tp", "forking", "entropy_adv"]
 CREDIT_STRATEGIES: tuple[str, ...] = get_args(CreditStrategy)
 
 
