@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import get_args
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from services.core.config import CreditStrategy
@@ -38,6 +38,22 @@ class CreditConfig(BaseModel):
         allow_inf_nan=False,
         description="kappa of entropy_adv (§3.3): caps the bonus at |A|/kappa.",
     )
+    entropy_static_scale: float | None = Field(
+        default=None,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="entropy_adv only: a fixed bonus scale used instead of the schedule value r. The static "
+        "Entropy-Adv baseline of Table 1 uses 1.0, which the schedule cannot express (it requires m0 < 1).",
+    )
+
+    @model_validator(mode="after")
+    def _static_scale_only_for_entropy_adv(self) -> CreditConfig:
+        if self.entropy_static_scale is not None and self.strategy != "entropy_adv":
+            raise ValueError(
+                f"entropy_static_scale={self.entropy_static_scale} only applies to strategy 'entropy_adv', "
+                f"not {self.strategy!r}: remove it"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -194,8 +210,9 @@ def apply_credit_strategy(
     metrics = {"train/credit_ratio": ratio}
     if strategy == "entropy_adv":
         ent = _need_entropy(entropy, strategy)
+        scale = ratio if config.entropy_static_scale is None else config.entropy_static_scale
         shaped = entropy_shaped_advantages(
-            adv, ent, valid, scale=ratio, alpha=config.entropy_alpha, kappa=config.entropy_kappa
+            adv, ent, valid, scale=scale, alpha=config.entropy_alpha, kappa=config.entropy_kappa
         )
         bonus = (shaped - torch.where(valid, adv, torch.zeros_like(adv)))[valid]
         metrics["train/entropy_adv_bonus_mean"] = float(bonus.mean()) if bonus.numel() else 0.0

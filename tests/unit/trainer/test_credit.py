@@ -224,3 +224,19 @@ def test_tp_strategy_rejects_masks_with_holes() -> None:
         apply_credit_strategy(
             CreditConfig(strategy="tp"), _phase(0.5), advantages=torch.ones(1), response_mask=torch.tensor([[1, 0, 1]])
         )
+
+
+def test_entropy_static_scale_replaces_the_schedule_value() -> None:
+    """Table 1's static Entropy-Adv baseline: scale 1 whatever the phase (the schedule itself needs m0 < 1)."""
+    kwargs = {
+        "advantages": torch.tensor([1.0]),
+        "response_mask": torch.ones(1, 2),
+        "entropy": torch.tensor([[0.1, 5.0]]),
+    }
+    static = CreditConfig(strategy="entropy_adv", entropy_static_scale=1.0)
+    got = apply_credit_strategy(static, _phase(0.3), **kwargs)
+    _close(got.advantages, [[1.0 + 0.04, 1.0 + 0.5]])  # psi = min(0.4 H, |A| / 2)
+    scheduled = apply_credit_strategy(CreditConfig(strategy="entropy_adv"), _phase(0.3), **kwargs)
+    _close(scheduled.advantages, [[1.0 + 0.3 * 0.04, 1.0 + 0.3 * 0.5]])
+    with pytest.raises(ValidationError, match="only applies to strategy 'entropy_adv'"):
+        CreditConfig(strategy="tp", entropy_static_scale=1.0)
