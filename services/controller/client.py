@@ -1,0 +1,182 @@
+"""HTTP client of the controller, used by the trainer and the rollout workers.
+
+Every request has a timeout. Transport failures (connection refused, timeouts, dropped connections) and 5xx answers
+are retried a bounded number of times with exponential backoff and jitter; 4xx answers are never retried: they
+raise `ControllerRequestError` at once with the server's explanation. Retrying is safe for every endpoint because
+each is idempotent (a repeated identical step report returns the first result; pause/resume set a flag).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Protocol
+
+import httpx
+
+from services.controller.schemas import PhaseResponse, RunStatus, ScheduleResponse, StepReportResponse, StoredStep
+from services.core.wire import StepReport
+
+
+class HttpResponse(Protocol):
+    """The part of an httpx response the client reads."""
+
+    status_code: int
+
+    @property
+    def is_success(self) -> bool: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
+
+
+class HttpClient(Protocol):
+    """The part of `httpx.Client` the client uses (FastAPI's TestClient fits too)."""
+
+    def request(
+        self, method: str, url: str, *, params: dict[str, Any] | None, json: Any, headers: dict[str, str]
+    ) -> HttpResponse: ...
+
+    def get(self, url: str, *, headers: dict[str, str]) -> HttpResponse: ...
+
+    def close(self) -> None: ...
+
+
+class ControllerRequestError(Exception):
+    """The controller refused a request (4xx): `status_code`, stable `code` (e.g. `step_out_of_order`), `body`."""
+
+    def __init__(self, status_code: int, detail: str, code: str | None, body: Any) -> None:
+        super().__init__(f"controller answered {status_code} ({code}): {detail}")
+        self.status_code = status_code
+        self.detail = detail
+        self.code = code
+        self.body = body
+
+    @classmethod
+    def from_response(cls, response: HttpResponse) -> ControllerRequestError:
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+        detail: Any = body
+        code = None
+        if isinstance(body, dict):
+            detail = body.get("message") or body.get("detail") or body
+            code = body.get("error")
+        return cls(response.status_code, str(detail), code, body)
+
+
+class ControllerUnavailableError(Exception):
+    """The controller could not be reached (or kept answering 5xx) within the retry budget."""
+
+
+class ControllerClient:
+    """Typed methods over the controller API with timeouts and bounded retries (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 5.0,
+        max_attempts: int = 4,
+        backoff_s: float = 0.2,
+        backoff_max_s: float = 2.0,
+        http_client: HttpClient | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """`http_client` replaces the owned httpx client (tests pass a FastAPI TestClient); it is not closed here."""
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts={max_attempts} must be >= 1")
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._max_attempts = max_attempts
+        self._backoff_s, self._backoff_max_s = backoff_s, backoff_max_s
+        self._sleep = sleep
+        self._owns_http = http_client is None
+        self._http: HttpClient = http_client or httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s))
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> ControllerClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _backoff(self, attempt: int) -> float:
+        """Delay before retry number `attempt` (1-based): exponential, capped, with up to 25% jitter."""
+        delay = min(self._backoff_max_s, self._backoff_s * 2.0 ** (attempt - 1))
+        return delay * (1.0 + random.uniform(0.0, 0.25))
+
+    def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None) -> Any:
+        """Send with retries on transport errors and 5xx; return the decoded JSON of a 2xx answer."""
+        last_error = "no attempt made"
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                response = self._http.request(method, path, params=params, json=json, headers=self._headers)
+            except httpx.TransportError as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.is_success:
+                    return response.json()
+                if response.status_code < 500:
+                    raise ControllerRequestError.from_response(response)
+                last_error = str(ControllerRequestError.from_response(response))
+            if attempt < self._max_attempts:
+                self._sleep(self._backoff(attempt))
+        raise ControllerUnavailableError(
+            f"controller at {self.base_url} unavailable after {self._max_attempts} attempts: {last_error}"
+        )
+
+    def get_schedule(self) -> ScheduleResponse:
+        return ScheduleResponse.model_validate(self._request("GET", "/v1/schedule"))
+
+    def get_phase(self, step: int | None = None) -> PhaseResponse:
+        """The phase of `step`, or of the current step (last reported + 1), with policy version and paused flag."""
+        params = {"step": step} if step is not None else None
+        return PhaseResponse.model_validate(self._request("GET", "/v1/phase", params=params))
+
+    def get_status(self) -> RunStatus:
+        return RunStatus.model_validate(self._request("GET", "/v1/status"))
+
+    def report_step(self, report: StepReport) -> StepReportResponse:
+        """Report a finished step; safe to retry (a repeated identical report returns the first result)."""
+        body = report.model_dump(mode="json")
+        return StepReportResponse.model_validate(self._request("POST", "/v1/steps", json=body))
+
+    def get_step(self, step: int) -> StoredStep:
+        return StoredStep.model_validate(self._request("GET", f"/v1/steps/{step}"))
+
+    def pause(self, reason: str | None = None) -> RunStatus:
+        body = {"reason": reason} if reason is not None else None
+        return RunStatus.model_validate(self._request("POST", "/v1/pause", json=body))
+
+    def resume(self) -> RunStatus:
+        return RunStatus.model_validate(self._request("POST", "/v1/resume"))
+
+    def ready(self) -> bool:
+        """One unretried /readyz probe: True when the controller and its Redis are up."""
+        try:
+            return self._http.get("/readyz", headers=self._headers).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_until_resumed(self, *, poll_interval_s: float = 1.0, timeout_s: float | None = None) -> PhaseResponse:
+        """Poll the current phase until the run is not paused; TimeoutError after `timeout_s` (None: forever)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            current = self.get_phase()
+            if not current.paused:
+                return current
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {current.run_id!r} still paused after {timeout_s} s")
+            self._sleep(poll_interval_s)
