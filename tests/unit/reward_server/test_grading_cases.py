@@ -1,0 +1,58 @@
+"""Accuracy of the scorers on 557 grading cases collected from other projects' tests (../shared/data/grading).
+
+Acceptance: at least 97% overall and at least 95% per kind. Every miss is printed, so a regression shows what
+changed, not just a number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reward_server.scorers import score
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+CASES = REPO_ROOT.parent / "shared" / "data" / "grading" / "cases.jsonl"
+MIN_OVERALL = 0.97
+MIN_PER_KIND = 0.95
+
+
+def load_cases(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        message = f"grading cases not found at {path}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_accuracy_on_grading_cases() -> None:
+    cases = load_cases(CASES)
+    total: Counter[str] = Counter()
+    right: Counter[str] = Counter()
+    misses: list[str] = []
+    for case in cases:
+        outcome = score(case["kind"], case["response"], case["ground_truth"])
+        total[case["kind"]] += 1
+        if (outcome.reward == 1.0) == case["expected"]:
+            right[case["kind"]] += 1
+        else:
+            misses.append(
+                f"{case['id']} [{case['kind']}] response={case['response'][-160:]!r} gold={case['ground_truth'][:80]!r}"
+                f" expected={case['expected']} got={outcome.reward} extracted={outcome.extracted!r} ({outcome.detail})"
+            )
+    print(f"\n{len(misses)} misses of {len(cases)}:")
+    for miss in misses:
+        print("  " + miss)
+    rates = {kind: right[kind] / total[kind] for kind in total}
+    overall = sum(right.values()) / len(cases)
+    print(f"overall {overall:.1%}; " + ", ".join(f"{kind} {rate:.1%}" for kind, rate in sorted(rates.items())))
+    assert set(rates) == {"math", "gsm8k", "mcq"}
+    assert overall >= MIN_OVERALL, f"overall accuracy {overall:.1%} < {MIN_OVERALL:.0%}"
+    for kind, rate in rates.items():
+        assert rate >= MIN_PER_KIND, f"{kind} accuracy {rate:.1%} < {MIN_PER_KIND:.0%}"
