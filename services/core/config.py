@@ -17,6 +17,24 @@ from services.core.wire import RUN_ID_PATTERN
 CreditStrategy = Literal["none", "tp", "forking", "entropy_adv"]
 
 
+class RolloutConfig(BaseModel):
+    """How each training step's samples are produced."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["replay"] = Field(
+        default="replay",
+        description="Generation backend. `replay` replays recorded model outputs (GSM8K model solutions with "
+        "human correctness labels) instead of sampling a policy; the vLLM/HF backends come with the rollout workers.",
+    )
+    prompts_per_step: int = Field(default=4, ge=1, description="Prompt groups per training step.")
+    samples_per_prompt: int = Field(default=4, ge=1, description="Samples per prompt (the GRPO group size n).")
+    replay_path: str = Field(
+        default="../shared/data/bench/gsm8k_example_model_solutions.jsonl",
+        description="Recorded outputs for the replay backend (relative paths are from the working directory).",
+    )
+
+
 class RunConfig(BaseModel):
     """One training run: its identity, its length, and its schedule (SPEC §2–§3)."""
 
@@ -26,6 +44,7 @@ class RunConfig(BaseModel):
     total_steps: int = Field(ge=1, description="Optimizer steps of the whole run (T in SPEC §2).")
     strategy: CreditStrategy = Field(default="tp", description="Credit-allocation strategy the schedule drives.")
     schedule: ScheduleConfig = Field(description="The schedule curve r(s).")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sample generation per step.")
 
     @model_validator(mode="after")
     def _schedule_resolves(self) -> RunConfig:

@@ -8,6 +8,7 @@ can keep it alive by accident.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import redis
 
@@ -38,18 +40,23 @@ class EmbeddedRedis:
     """A private Redis server on a unix socket in `data_dir` (a temp dir by default), for the embedded default.
 
     `persist=True` keeps an append-only file in `data_dir`, so a restart with the same dir keeps the data.
+    `password` makes the server require AUTH (`--requirepass`); `.url` then carries it.
     """
 
-    def __init__(self, data_dir: str | Path | None = None, *, persist: bool = False) -> None:
+    def __init__(
+        self, data_dir: str | Path | None = None, *, persist: bool = False, password: str | None = None
+    ) -> None:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="rlvr-redis-"))
         self.persist = persist
+        self.password = password
         self.socket_path = self.data_dir / "redis.sock"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"unix://{self.socket_path}"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"unix://{auth}{self.socket_path}"
 
     @property
     def pid(self) -> int | None:
@@ -69,27 +76,32 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self.persist else "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         self._wait_ready()
         return self
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + EMBEDDED_START_TIMEOUT_S
-        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1.0)
+        client = redis.Redis(unix_socket_path=str(self.socket_path), password=self.password, socket_timeout=1.0)
+        problem = f"did not answer within {EMBEDDED_START_TIMEOUT_S} s"
         try:
             while time.monotonic() < deadline:
                 assert self._process is not None
                 if self._process.poll() is not None:
-                    log = (self.data_dir / "redis.log").read_text(errors="replace")[-2000:]
-                    raise RedisUnavailableError(f"embedded redis-server exited with {self._process.returncode}: {log}")
+                    log_path = self.data_dir / "redis.log"
+                    log = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else "(no log)"
+                    problem = f"exited with {self._process.returncode}: {log}"
+                    break
                 with contextlib.suppress(redis.ConnectionError, FileNotFoundError):
                     if client.ping():
                         return
                 time.sleep(0.02)
         finally:
             client.close()
-        self.stop()
-        raise RedisUnavailableError(f"embedded redis-server did not answer within {EMBEDDED_START_TIMEOUT_S} s")
+        self.stop()  # also removes the temp dir it made
+        raise RedisUnavailableError(f"embedded redis-server {problem}")
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -134,7 +146,8 @@ def connect(url: str, *, socket_timeout_s: float | None = 10.0) -> redis.Redis:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and error messages."""
+    """The URL with any password (in the userinfo or a `password=` query parameter) replaced, for logs and errors."""
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
