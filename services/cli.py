@@ -91,7 +91,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     from services.stack import run_main_job
 
-    code: int = run_main_job(config, out_dir=args.out, redis_url=args.redis_url)
+    code: int = run_main_job(
+        config, config_path=args.config, overrides=args.overrides, out_dir=args.out, redis_url=args.redis_url
+    )
     return code
 
 
