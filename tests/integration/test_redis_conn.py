@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +113,25 @@ def test_embedded_server_that_cannot_start_raises_and_cleans_up(monkeypatch: pyt
     with pytest.raises(RedisUnavailableError, match="embedded redis-server exited with 1"):
         server.start()
     assert not server.data_dir.exists() and server.pid is None
+
+
+def test_embedded_server_dies_with_its_owner(tmp_path: Path) -> None:
+    """An owner killed with SIGKILL (no clean-up runs) leaves no orphaned redis-server behind."""
+    script = (
+        "import sys, time\n"
+        "from services.core.redis_conn import EmbeddedRedis\n"
+        f"server = EmbeddedRedis({str(tmp_path)!r}).start()\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        server_pid = int(owner.stdout.readline())
+        assert psutil.pid_exists(server_pid)
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(server_pid).wait(timeout=10)
+    assert not psutil.pid_exists(server_pid) or psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE
