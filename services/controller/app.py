@@ -175,6 +175,7 @@ def metrics_endpoint(store: Store, metrics: Metrics) -> Response:
         metrics.mark_state_unreadable()
     else:
         metrics.refresh(status, store.phase(status.current_step))
+        metrics.refresh_queues(store.queue_stats())
     payload, content_type = metrics.render()
     return Response(content=payload, media_type=content_type)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.controller.schemas import RunStatus
+from services.core.queues import QueueStats
 from services.core.schedule import Phase
 
 STAGES = ("warmup", "anneal", "general")
@@ -50,6 +52,18 @@ class ControllerMetrics:
             registry=r,
         )
         self.paused = Gauge("rlvr_controller_paused", "1 while the run is paused.", registry=r)
+        self.queue_entries = Gauge(
+            "rlvr_controller_queue_entries",
+            "Unacked entries of the run's streams: state=lag (never delivered) or pending (delivered, not acked).",
+            ["stream", "state"],
+            registry=r,
+        )
+        self.queue_consumers = Gauge(
+            "rlvr_controller_queue_consumers", "Consumers known to each stream's group.", ["stream"], registry=r
+        )
+        self.dead_letters = Gauge(
+            "rlvr_controller_dead_letters", "Entries in the run's dead-letter stream (alert when > 0).", registry=r
+        )
         self.redis_up = Gauge(
             "rlvr_controller_redis_up", "1 if the run state was readable at the last scrape.", registry=r
         )
@@ -89,6 +103,14 @@ class ControllerMetrics:
         since = status.last_report_at if status.last_report_at is not None else status.created_at
         self.last_report_age.set(max(now - since, 0.0) if math.isfinite(since) else math.nan)
         self.paused.set(1 if status.paused else 0)
+
+    def refresh_queues(self, stats: Mapping[str, QueueStats]) -> None:
+        """Set the backlog gauges from read-only stream stats (`stream name -> stats`)."""
+        for stream, snapshot in stats.items():
+            self.queue_entries.labels(stream=stream, state="lag").set(snapshot.lag)
+            self.queue_entries.labels(stream=stream, state="pending").set(snapshot.pending)
+            self.queue_consumers.labels(stream=stream).set(snapshot.consumers)
+            self.dead_letters.set(snapshot.dead)
 
     def mark_state_unreadable(self) -> None:
         self.redis_up.set(0)

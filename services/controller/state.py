@@ -52,6 +52,8 @@ from services.controller.errors import (
     StepOutOfOrderError,
 )
 from services.controller.schemas import RunStatus, StoredStep
+from services.core.queues import PROMPTS, ROLLOUTS, QueueStats
+from services.core.redis_streams import stream_stats
 from services.core.schedule import Phase, Schedule, ScheduleState
 from services.core.wire import StepReport
 
@@ -379,3 +381,7 @@ class RunStateStore:
             raise self._missing_error()
         flat = [_text(item) or "" for item in reply]
         return self._parse_status(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    def queue_stats(self) -> dict[str, QueueStats]:
+        """Read-only backlog of the run's streams (for /metrics); creates nothing."""
+        return {spec.name: stream_stats(self._client, self.run_id, spec) for spec in (PROMPTS, ROLLOUTS)}

@@ -64,6 +64,21 @@ def delete_run_streams(client: redis.Redis, run_id: str, names: Sequence[str] = 
     return int(client.delete(*(run_key(run_id, name) for name in names), dead_key(run_id)))
 
 
+def stream_stats(client: redis.Redis, run_id: str, spec: StreamSpec[Any]) -> QueueStats:
+    """Read-only stats of one of a run's streams (for monitors): creates nothing; zeros when it does not exist yet."""
+    key = run_key(run_id, spec.name)
+    pipe = client.pipeline(transaction=False)
+    pipe.xlen(key)
+    pipe.xlen(dead_key(run_id))
+    length, dead = (int(v) for v in pipe.execute())
+    try:
+        summary = client.xpending(key, spec.group)
+    except redis.ResponseError:  # no stream or no consumer group yet: nothing has been delivered
+        return QueueStats(length, 0, length, dead, 0)
+    pending = int(summary["pending"])
+    return QueueStats(length, pending, length - pending, dead, len(summary["consumers"] or []))
+
+
 class RedisStreamQueue(Generic[M]):
     """One stream of a run (`rlvr:{run_id}:{spec.name}`) read by the consumer group `spec.group`.
 
@@ -79,6 +94,7 @@ class RedisStreamQueue(Generic[M]):
             raise ValueError("RedisStreamQueue needs a client with decode_responses=False: entries carry binary data")
         self.client = client
         self.spec = spec
+        self.run_id = run_id
         self.key = run_key(run_id, spec.name)
         self.dead_key = dead_key(run_id)
         self.settings = settings or QueueSettings()
@@ -237,13 +253,7 @@ class RedisStreamQueue(Generic[M]):
         return acked
 
     def stats(self) -> QueueStats:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.xlen(self.key)
-        pipe.xpending(self.key, self.spec.group)
-        pipe.xlen(self.dead_key)
-        length, summary, dead = pipe.execute()
-        pending = int(summary["pending"])
-        return QueueStats(int(length), pending, int(length) - pending, int(dead), len(summary["consumers"] or []))
+        return stream_stats(self.client, self.run_id, self.spec)
 
     def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         letters: list[DeadLetter] = []

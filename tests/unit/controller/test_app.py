@@ -19,7 +19,10 @@ from services.controller.app import create_app
 from services.controller.errors import ScheduleConflictError
 from services.controller.settings import ControllerSettings
 from services.core.config import RunConfig
+from services.core.queues import PROMPTS
 from services.core.redis_conn import EmbeddedRedis
+from services.core.redis_streams import RedisStreamQueue, delete_run_streams
+from services.core.wire import PromptGroup
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -244,6 +247,32 @@ def test_metrics_reflect_redis_state(make_client: MakeClient, run_id: str) -> No
     assert values['rlvr_controller_step_reports_total{outcome="rejected"}'] == 1
     assert values['rlvr_controller_requests_total{code="409",route="/v1/steps"}'] == 1
     assert values['rlvr_controller_request_duration_seconds_count{route="/v1/phase"}'] >= 4
+
+
+def test_metrics_show_the_run_backlog_and_dead_letters(
+    make_client: MakeClient, run_id: str, redis_client: redis.Redis
+) -> None:
+    """The controller exports the run's stream backlog (read-only: it creates no stream or group itself)."""
+    client = make_client()
+    values = metric_values(client.get("/metrics").text)
+    assert values['rlvr_controller_queue_entries{state="lag",stream="prompts"}'] == 0
+    assert values["rlvr_controller_dead_letters"] == 0
+    assert redis_client.exists(f"rlvr:{run_id}:prompts") == 0
+    try:
+        prompts = RedisStreamQueue(redis_client, PROMPTS, run_id)
+        for i in range(3):
+            prompts.publish(PromptGroup(group_id=f"g{i}", prompt="p", label="1", data_source="gsm8k", n=2))
+        prompts.read("worker-a", count=1)
+        prompts.publish_fields({"garbage": b"\xff"})
+        prompts.read("worker-a", count=5)  # the undecodable entry goes straight to the dead letters
+        values = metric_values(client.get("/metrics").text)
+        assert values['rlvr_controller_queue_entries{state="pending",stream="prompts"}'] == 3
+        assert values['rlvr_controller_queue_entries{state="lag",stream="prompts"}'] == 0
+        assert values['rlvr_controller_queue_consumers{stream="prompts"}'] == 1
+        assert values['rlvr_controller_queue_entries{state="lag",stream="rollouts"}'] == 0
+        assert values["rlvr_controller_dead_letters"] == 1
+    finally:
+        delete_run_streams(redis_client, run_id)
 
 
 def test_settings_honour_redis_url_env(monkeypatch: pytest.MonkeyPatch) -> None:
