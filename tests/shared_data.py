@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,3 +22,9 @@ def require_shared_data(relative: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def read_shared_jsonl(relative: str) -> list[dict[str, Any]]:
+    """The rows of a shared JSONL file (under the same missing-file rule as `require_shared_data`)."""
+    path = require_shared_data(relative)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

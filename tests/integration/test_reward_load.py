@@ -15,12 +15,12 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.integration.reward_server_process import RewardServerProcess, run_reward_server
+from tests.shared_data import read_shared_jsonl
 from tests.unit.reward_server.stub_scorers import HANG
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,7 +33,6 @@ ITEM_TIMEOUT_S = 1.0
 HOSTILE_EVERY = 10  # requests; one real pathological item (huge tower, deep braces, ...)
 HANG_EVERY = 40  # requests; one item that never finishes (the worker must be killed)
 STALL_GUARD_S = 30.0
-CASES_PATH = Path(__file__).resolve().parents[3] / "shared" / "data" / "grading" / "cases.jsonl"
 
 HOSTILE_RESPONSES = [
     "\\boxed{9^{9^{9^9}}}",
@@ -59,13 +58,6 @@ class LoadStats:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RewardServerProcess]:
     with run_reward_server(tmp_path_factory.mktemp("load"), workers=2, item_timeout_s=ITEM_TIMEOUT_S, stub=True) as s:
         yield s
-
-
-def _load_cases() -> list[dict[str, str]]:
-    if not CASES_PATH.exists():
-        pytest.skip(f"grading cases not found at {CASES_PATH}")
-    with CASES_PATH.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _batch(i: int, cases: list[dict[str, str]], rng: random.Random) -> list[dict[str, str]]:
@@ -127,7 +119,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def test_steady_rate_with_pathological_items(server: RewardServerProcess) -> None:
     assert server.url.startswith("http://127.0.0.1:")  # loopback only
-    stats, wall_s = asyncio.run(_run_load(server.url, _load_cases()))
+    stats, wall_s = asyncio.run(_run_load(server.url, read_shared_jsonl("grading/cases.jsonl")))
     summary = {
         "load_test": "reward_server",
         "duration_s": round(wall_s, 1),

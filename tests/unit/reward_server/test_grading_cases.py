@@ -6,33 +6,17 @@ changed, not just a number.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
-from pathlib import Path
-from typing import Any
-
-import pytest
 
 from reward_server.scorers import score
+from tests.shared_data import read_shared_jsonl
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CASES = REPO_ROOT.parent / "shared" / "data" / "grading" / "cases.jsonl"
 MIN_OVERALL = 0.97
 MIN_PER_KIND = 0.95
 
 
-def load_cases(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        message = f"grading cases not found at {path}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def test_accuracy_on_grading_cases() -> None:
-    cases = load_cases(CASES)
+    cases = read_shared_jsonl("grading/cases.jsonl")
     total: Counter[str] = Counter()
     right: Counter[str] = Counter()
     misses: list[str] = []

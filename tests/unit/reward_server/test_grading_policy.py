@@ -7,16 +7,8 @@ file; ours is below, and docs/grading-policy.md says why for each id.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
-import pytest
-
 from reward_server.scorers import score
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-POLICY_CASES = REPO_ROOT.parent / "shared" / "data" / "grading" / "cases_policy.jsonl"
+from tests.shared_data import REPO_ROOT, read_shared_jsonl
 
 # id -> our verdict (True = reward 1.0). Keep in step with the table in docs/grading-policy.md.
 OUR_POLICY: dict[str, bool] = {
@@ -48,12 +40,7 @@ OUR_POLICY: dict[str, bool] = {
 
 
 def test_policy_cases_follow_documented_policy() -> None:
-    if not POLICY_CASES.exists():
-        message = f"policy cases not found at {POLICY_CASES}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    cases = [json.loads(line) for line in POLICY_CASES.read_text(encoding="utf-8").splitlines() if line.strip()]
+    cases = read_shared_jsonl("grading/cases_policy.jsonl")
     assert {case["id"] for case in cases} == set(OUR_POLICY)
     wrong = []
     for case in cases:

@@ -7,19 +7,14 @@ which would silently cap the reward on that benchmark. Sets without solutions (A
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reward_server.scorers import Kind, score
 from reward_server.scorers.extract import last_boxed_answer
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-BENCH = REPO_ROOT.parent / "shared" / "data" / "bench"
+from tests.shared_data import read_shared_jsonl
 
 # Problems whose gold cannot be graded against its own solution. None today; list any with the reason.
 KNOWN_EXCEPTIONS: dict[str, set[int]] = {}
@@ -47,13 +42,7 @@ SETS: dict[str, tuple[str, Kind, Callable[[dict[str, Any]], tuple[str, str]]]] =
 
 
 def _rows(file: str) -> list[dict[str, Any]]:
-    path = BENCH / file
-    if not path.exists():
-        message = f"benchmark file not found at {path}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_shared_jsonl(f"bench/{file}")
 
 
 @pytest.mark.parametrize("name", list(SETS))
