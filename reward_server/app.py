@@ -7,6 +7,7 @@ Routes: `POST /v1/score` (our batch API), `POST /get_reward` (OpenRLHF's remote 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from starlette.requests import HTTPConnection
 from reward_server import scoring
 from reward_server.errors import OverloadedError, PoolNotReadyError, UnauthorizedError, install_error_handlers
 from reward_server.limits import BodyLimitMiddleware
-from reward_server.metrics import RequestMetricsMiddleware, RewardMetrics, create_metrics
+from reward_server.metrics import RewardMetrics, create_metrics, observe_request
 from reward_server.pool import ScoreFn, ScorerPool
 from reward_server.schemas import (
     ErrorResponse,
@@ -34,6 +35,7 @@ from reward_server.schemas import (
 )
 from reward_server.scorers import score
 from reward_server.settings import RewardSettings
+from services.core.http_metrics import RequestMetricsMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,8 @@ def create_app(settings: RewardSettings | None = None, *, score_fn: ScoreFn = sc
     _add_scoring_routes(app, settings, metrics)
     _add_ops_routes(app, metrics)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees every answer, 413s included
+    # outermost: sees every answer, 413s included
+    app.add_middleware(RequestMetricsMiddleware, observe=functools.partial(observe_request, metrics))
     return app
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 # Route label values are this fixed set, so arbitrary paths (fuzzers, scanners) cannot grow the label space.
 KNOWN_ROUTES = frozenset({"/v1/score", "/get_reward", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
@@ -77,28 +76,8 @@ def route_label(path: str) -> str:
     return path if path in KNOWN_ROUTES else "other"
 
 
-class RequestMetricsMiddleware:
-    """Pure ASGI middleware counting requests and timing them by route (streaming-safe, no body buffering)."""
-
-    def __init__(self, app: ASGIApp, metrics: RewardMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        route = route_label(scope.get("path", ""))
-        status = {"code": 500}
-        started = time.perf_counter()
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            self.metrics.request_duration.labels(route=route).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(route=route, code=str(status["code"])).inc()
+def observe_request(metrics: RewardMetrics, scope: Scope, code: int, duration_s: float) -> None:
+    """The reward server's request observer (for services.core.http_metrics.RequestMetricsMiddleware)."""
+    route = route_label(scope.get("path", ""))
+    metrics.request_duration.labels(route=route).observe(duration_s)
+    metrics.requests.labels(route=route, code=str(code)).inc()

@@ -14,6 +14,7 @@ Endpoints (mutating ones need `Authorization: Bearer <token>` when a token is co
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,7 +31,7 @@ from services.controller.errors import (
     RunStateMissingError,
     install_error_handlers,
 )
-from services.controller.metrics import ControllerMetrics, RequestMetricsMiddleware
+from services.controller.metrics import ControllerMetrics, observe_request
 from services.controller.schemas import (
     HealthResponse,
     PauseRequest,
@@ -44,6 +45,7 @@ from services.controller.schemas import (
 from services.controller.settings import ControllerSettings
 from services.controller.state import RunStateStore
 from services.core.config import RunConfig, load_run_config
+from services.core.http_metrics import RequestMetricsMiddleware
 from services.core.redis_conn import EmbeddedRedis, RedisUnavailableError, connect, redact_url
 from services.core.wire import StepReport
 
@@ -227,6 +229,6 @@ def create_app(settings: ControllerSettings, *, run_config: RunConfig | None = N
     app = FastAPI(title="rlvr-schedule controller", version="1", lifespan=_lifespan(settings, run_config))
     app.state.settings, app.state.metrics = settings, metrics
     install_error_handlers(app)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestMetricsMiddleware, observe=functools.partial(observe_request, metrics))
     app.include_router(router)
     return app

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from services.controller.schemas import RunStatus
 from services.core.queues import QueueStats
@@ -127,28 +127,7 @@ class ControllerMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-class RequestMetricsMiddleware:
-    """Counts requests and their latency by route template (`/v1/steps/{step}`, not the raw path)."""
-
-    def __init__(self, app: ASGIApp, metrics: ControllerMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        code = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal code
-            if message["type"] == "http.response.start":
-                code = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.observe_request(route, code, time.perf_counter() - start)
+def observe_request(metrics: ControllerMetrics, scope: Scope, code: int, duration_s: float) -> None:
+    """The controller's request observer: labelled by route template (`/v1/steps/{step}`, not the raw path)."""
+    route = getattr(scope.get("route"), "path", None) or "unmatched"
+    metrics.observe_request(route, code, duration_s)
