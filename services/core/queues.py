@@ -180,6 +180,13 @@ def receive(queue: MessageQueue[M], consumer: str, *, count: int, block_ms: int 
     return got
 
 
+def encode_for_stream(spec: StreamSpec[M], key: str, message: M) -> dict[str, bytes]:
+    """The entry fields of `message`; a message of another type than the stream carries is a TypeError."""
+    if not isinstance(message, spec.message_type):
+        raise TypeError(f"{key} carries {spec.message_type.__name__}, not {type(message).__name__}")
+    return encode_entry(message)
+
+
 def dead_letter_fields(
     source: str, source_entry_id: str, reason: str, delivery_count: int, fields: Mapping[str, bytes]
 ) -> dict[str, bytes]:
@@ -251,9 +258,7 @@ class InMemoryQueue(Generic[M]):
         self._cond = threading.Condition()
 
     def publish(self, message: M, *, timeout_s: float | None = None) -> str:
-        if not isinstance(message, self.spec.message_type):
-            raise TypeError(f"{self.key} carries {self.spec.message_type.__name__}, not {type(message).__name__}")
-        return self.publish_fields(encode_entry(message), timeout_s=timeout_s)
+        return self.publish_fields(encode_for_stream(self.spec, self.key, message), timeout_s=timeout_s)
 
     def publish_fields(self, fields: Mapping[str, bytes], *, timeout_s: float | None = None) -> str:
         timeout = self.settings.publish_timeout_s if timeout_s is None else timeout_s

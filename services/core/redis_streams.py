@@ -30,11 +30,12 @@ from services.core.queues import (
     StreamSpec,
     dead_key,
     dead_letter_fields,
+    encode_for_stream,
     exceeded_reason,
     parse_dead_letter,
     run_key,
 )
-from services.core.wire_codec import PoisonMessageError, decode_entry, encode_entry
+from services.core.wire_codec import PoisonMessageError, decode_entry
 
 _PUBLISH_IF_ROOM = """
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
@@ -111,9 +112,7 @@ class RedisStreamQueue(Generic[M]):
                 raise
 
     def publish(self, message: M, *, timeout_s: float | None = None) -> str:
-        if not isinstance(message, self.spec.message_type):
-            raise TypeError(f"{self.key} carries {self.spec.message_type.__name__}, not {type(message).__name__}")
-        return self.publish_fields(encode_entry(message), timeout_s=timeout_s)
+        return self.publish_fields(encode_for_stream(self.spec, self.key, message), timeout_s=timeout_s)
 
     def publish_fields(self, fields: Mapping[str, bytes], *, timeout_s: float | None = None) -> str:
         timeout = self.settings.publish_timeout_s if timeout_s is None else timeout_s
