@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from services.core.queues import PROMPTS
 from services.core.redis_conn import EmbeddedRedis, RedisUnavailableError, connect, redis_url_or_embedded
 from services.core.redis_streams import RedisStreamQueue
 from services.core.wire import PromptGroup
+from services.process import free_loopback_port
 from tests.integration.redis_fixtures import SERVER_URL, unique_run_id
 
 pytestmark = pytest.mark.integration
@@ -53,12 +53,6 @@ def test_embedded_server_with_password() -> None:
             connect(f"unix://{server.socket_path}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[str]:
     """A real redis-server with TLS and a password (self-signed cert); skipped without a TLS-capable binary."""
@@ -71,7 +65,7 @@ def tls_redis(tmp_path: Path) -> Iterator[str]:
          "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    port = free_port()
+    port = free_loopback_port()
     proc = subprocess.Popen(
         [server_bin, "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
          "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no", "--requirepass", "s3cret", "--save", "",
