@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,21 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes], url: str, timeout_s: float, *, name: str, log_tail: Callable[[], str]
+) -> None:
+    """Poll `url`/readyz until it answers 200; raise with the log tail if the child exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_tail()}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{name} not ready within {timeout_s} s:\n{log_tail()}")
 
 
 @dataclass
@@ -36,15 +51,7 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not ready within {timeout_s} s:\n{self.log_tail()}")
+        wait_until_ready(self.process, self.url, timeout_s, name=self.name, log_tail=self.log_tail)
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM (graceful shutdown), then SIGKILL after `timeout_s`; only our own child's PID."""

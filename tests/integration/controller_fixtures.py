@@ -7,22 +7,19 @@ The real server is the shared one at 127.0.0.1:6379: tests use unique run ids an
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from services.controller.state import run_keys
 from services.core.redis_conn import EmbeddedRedis, connect
-from services.process import free_loopback_port
+from services.process import free_loopback_port, wait_until_ready
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN_ENV = "RLVR_TEST_CONTROLLER_TOKEN"
@@ -98,15 +95,8 @@ class ControllerProcess:
 
     def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> ControllerProcess:
         assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"controller exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"controller not ready within {timeout_s} s:\n{self.log()[-3000:]}")
+        wait_until_ready(self.process, self.url, timeout_s, name="controller", log_tail=lambda: self.log()[-3000:])
+        return self
 
     def wait_exit(self, timeout_s: float = STARTUP_TIMEOUT_S) -> int:
         assert self.process is not None

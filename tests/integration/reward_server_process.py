@@ -7,19 +7,16 @@ item hang or crash its worker on purpose:  python -m tests.integration.reward_se
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 
-from services.process import free_loopback_port
+from services.process import ServiceProcess, free_loopback_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -46,31 +43,6 @@ class RewardServerProcess:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
 
-def _wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"reward server exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"reward server not ready after {timeout_s}s:\n{log_path.read_text()[-4000:]}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (uvicorn then stops the pool in order), SIGKILL if it takes too long; only our own PID."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
 @contextmanager
 def run_reward_server(
     log_dir: Path,
@@ -92,11 +64,12 @@ def run_reward_server(
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ | (env or {})
         )
+    service = ServiceProcess("reward server", url, process, log_path)
     try:
-        _wait_ready(process, url, log_path, ready_timeout_s)
+        service.wait_ready(ready_timeout_s)
         yield RewardServerProcess(url=url, pid=process.pid, log_path=log_path)
     finally:
-        _stop(process)
+        service.stop()
 
 
 def _main_with_stub_scorer(argv: Sequence[str] | None = None) -> int:
