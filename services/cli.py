@@ -58,7 +58,7 @@ def format_schedule_table(config: RunConfig, every: int | None = None) -> str:
     boundaries = {1, sched.total_steps, sched.min_step, sched.max_step}
     keep = boundaries | set(range(step_every, sched.total_steps, step_every))
     lines = [
-        f"run {config.run_id}: strategy={config.strategy} mode={config.schedule.mode} "
+        f"run {config.run_id}: strategy={config.credit.strategy} mode={config.schedule.mode} "
         f"m0={config.schedule.initial_magnitude} T={sched.total_steps} min_step={sched.min_step} "
         f"max_step={sched.max_step}",
         f"{'step':>6} {'progress':>9} {'ratio':>8}  stage",

@@ -33,7 +33,7 @@ from services.rollout.replay import ReplayBackend, byte_token_ids, load_recorded
 from services.rollout.reward_client import RewardClient, ScoreRequestItem
 from trainer.advantages import compute_group_advantages, groups_without_signal
 from trainer.batch import collate_groups
-from trainer.credit import CreditConfig, apply_credit_strategy
+from trainer.credit import apply_credit_strategy
 
 POLICY_VERSION = 0  # no trainer update yet (see module docstring)
 READ_BLOCK_MS = 2000
@@ -120,9 +120,7 @@ def trainer_stage(ctx: StepContext, phase: Phase, human_labels: dict[str, list[b
             entry_ids.append(delivery.entry_id)
     batch = collate_groups(list(groups.values()))
     advantages = compute_group_advantages(batch.rewards, batch.group_ids)
-    credit = apply_credit_strategy(
-        CreditConfig(strategy=ctx.config.strategy), phase, advantages=advantages, response_mask=batch.response_mask
-    )
+    credit = apply_credit_strategy(ctx.config.credit, phase, advantages=advantages, response_mask=batch.response_mask)
     verdicts = [r == 1.0 for g in groups.values() for r in g.rewards]
     labels = [label for gid in groups for label in human_labels[gid]]
     metrics: dict[str, float | None] = {
@@ -183,7 +181,7 @@ def run_main_job(
 ) -> int:
     out = out_dir or Path("runs") / config.run_id
     write_run_files(config, out)
-    backend = ReplayBackend(load_recorded_gsm8k(config.rollout.replay_path))
+    backend = ReplayBackend(load_recorded_gsm8k(config.rollout.backend.path))
     settings = StackSettings()
     rows: list[dict[str, Any]] = []
     with redis_url_or_embedded(redis_url or settings.redis_url) as url:

@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from services.core.config.queues import QueueSettings
 from services.core.wire import RUN_ID_PATTERN, PromptGroup, ScoredGroup, WireModel
 from services.core.wire_codec import ID_FIELD, PoisonMessageError, decode_entry, encode_entry
 
@@ -40,21 +39,6 @@ class QueueError(RuntimeError):
 
 class QueueFullError(QueueError):
     """The stream's unacked backlog stayed at `max_len` for the whole publish timeout (backpressure)."""
-
-
-class QueueSettings(BaseModel):
-    """Bounds and timeouts of one stream queue."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_len: int = Field(default=1024, ge=1, description="Most unacked entries (unread + pending) the stream holds.")
-    max_deliveries: int = Field(default=5, ge=1, description="Deliveries of one entry before it is dead-lettered.")
-    claim_idle_ms: int = Field(
-        default=300_000, ge=1, description="Idle time after which a pending entry counts as abandoned (reclaimable)."
-    )
-    publish_timeout_s: float = Field(
-        default=30.0, ge=0.0, description="How long `publish` waits for room before raising QueueFullError."
-    )
 
 
 @dataclass(frozen=True)

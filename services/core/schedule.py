@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 ScheduleMode = Literal["linear", "sigmoid", "gamma", "constant"]
 Stage = Literal["warmup", "anneal", "general"]
 
+MAX_TOTAL_STEPS = 100_000
+"""Longest run the schedule accepts (the paper's run is ~118 steps); beyond it a typo like 1e10 would hang tools."""
 SIGMOID_STEEPNESS = 8.0  # SPEC §2: k = 8, normalised so the curve hits both ends exactly
 
 
@@ -87,8 +89,8 @@ class ScheduleState(BaseModel):
 
 def resolve_steps(config: ScheduleConfig, total_steps: int) -> tuple[int, int]:
     """SPEC §2: min_step = int(T * min_ratio), max_step = int(T * max_ratio) in float64, truncated."""
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps={total_steps!r} is invalid: it must be an integer >= 1.")
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or not 1 <= total_steps <= MAX_TOTAL_STEPS:
+        raise ValueError(f"total_steps={total_steps!r} is invalid: it must be an integer in 1..{MAX_TOTAL_STEPS}.")
     if config.mode == "constant":
         return 0, total_steps
     assert config.max_ratio is not None  # guaranteed by ScheduleConfig validation

@@ -17,6 +17,7 @@ from services.core.config import RunConfig
 from services.core.redis_conn import EmbeddedRedis, connect
 from services.core.schedule import Phase
 from services.core.wire import StepReport
+from tests.run_configs import run_config
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +45,7 @@ def make_run_config(run_id: str) -> Callable[..., RunConfig]:
     """RunConfig for this test's run: linear 0.99, ratios 0 -> 0.8, 10 steps unless overridden."""
 
     def make(total_steps: int = 10, **schedule: Any) -> RunConfig:
-        sched = {"mode": "linear", "initial_magnitude": 0.99, "min_ratio": 0.0, "max_ratio": 0.8, **schedule}
-        return RunConfig(run_id=run_id, total_steps=total_steps, schedule=sched)
+        return run_config(run_id, total_steps, schedule=schedule)
 
     return make
 

@@ -9,10 +9,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.core.config import CreditConfig, PolicyLossConfig
 from services.core.schedule import Phase
 from trainer.advantages import compute_group_advantages
-from trainer.credit import CreditConfig, apply_credit_strategy, tp_loss_mask
-from trainer.losses import PolicyLossConfig, compute_policy_loss, loss_denominator
+from trainer.credit import apply_credit_strategy, tp_loss_mask
+from trainer.losses import compute_policy_loss, loss_denominator
 
 F64 = torch.float64
 FEW = settings(max_examples=15, deadline=None)

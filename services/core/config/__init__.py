@@ -1,0 +1,48 @@
+"""The run's experiment config: one schema (a root and one module per component), parsed once, validated loudly.
+
+Every knob a user can set is reachable from a TOML preset and `--set key.path=value`. The launcher resolves the
+config once and writes `runs/<id>/config.json`; every child process loads that resolved file.
+"""
+
+from services.core.config.credit import CREDIT_STRATEGIES, ENTROPY_STRATEGIES, CreditConfig, CreditStrategy
+from services.core.config.loading import (
+    ConfigError,
+    apply_overrides,
+    format_validation_error,
+    load_run_config,
+    parse_override,
+    read_config_file,
+)
+from services.core.config.policy_loss import AGGREGATIONS, Aggregation, KLEstimator, PolicyLossConfig, RatioLevel
+from services.core.config.queues import QueueSettings
+from services.core.config.reward import RewardConfig
+from services.core.config.rollout import ReplayBackendConfig, RolloutBackendConfig, RolloutConfig
+from services.core.config.run import RunConfig, canonical_json, config_differences
+from services.core.config.trainer import TrainerConfig
+
+__all__ = [
+    "AGGREGATIONS",
+    "CREDIT_STRATEGIES",
+    "ENTROPY_STRATEGIES",
+    "Aggregation",
+    "ConfigError",
+    "CreditConfig",
+    "CreditStrategy",
+    "KLEstimator",
+    "PolicyLossConfig",
+    "QueueSettings",
+    "RatioLevel",
+    "ReplayBackendConfig",
+    "RewardConfig",
+    "RolloutBackendConfig",
+    "RolloutConfig",
+    "RunConfig",
+    "TrainerConfig",
+    "apply_overrides",
+    "canonical_json",
+    "config_differences",
+    "format_validation_error",
+    "load_run_config",
+    "parse_override",
+    "read_config_file",
+]
