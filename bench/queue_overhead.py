@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from services.core.queues import ROLLOUTS, Delivery, InMemoryQueue, MessageQueue, QueueSettings
+from services.core.config import QueueSettings
+from services.core.queues import ROLLOUTS, Delivery, InMemoryQueue, MessageQueue
 from services.core.redis_conn import EmbeddedRedis, RedisUnavailableError, connect, redact_url
 from services.core.redis_streams import RedisStreamQueue, delete_run_streams
 from services.core.schedule import Phase

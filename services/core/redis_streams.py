@@ -19,13 +19,13 @@ from typing import Any, Generic
 
 import redis
 
+from services.core.config import QueueSettings
 from services.core.queues import (
     DeadLetter,
     Delivery,
     M,
     QueueCounters,
     QueueFullError,
-    QueueSettings,
     QueueStats,
     StreamSpec,
     dead_key,

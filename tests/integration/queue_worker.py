@@ -16,7 +16,8 @@ import random
 import sys
 import time
 
-from services.core.queues import PROMPTS, QueueSettings, new_consumer_name, receive
+from services.core.config import QueueSettings
+from services.core.queues import PROMPTS, new_consumer_name, receive
 from services.core.redis_conn import connect
 from services.core.redis_streams import RedisStreamQueue
 from services.core.wire import PromptGroup

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.core.queues import PROMPTS, QueueSettings
+from services.core.config import QueueSettings
+from services.core.queues import PROMPTS
 from services.core.redis_conn import connect
 from services.core.redis_streams import RedisStreamQueue
 from services.core.wire import PromptGroup

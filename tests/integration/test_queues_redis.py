@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from services.core.queues import PROMPTS, ROLLOUTS, QueueFullError, QueueSettings, StreamSpec
+from services.core.config import QueueSettings
+from services.core.queues import PROMPTS, ROLLOUTS, QueueFullError, StreamSpec
 from services.core.redis_conn import connect
 from services.core.redis_streams import RedisStreamQueue, delete_run_streams
 from services.core.schedule import Phase
