@@ -52,6 +52,7 @@ from services.controller.errors import (
     StepOutOfOrderError,
 )
 from services.controller.schemas import RunStatus, StoredStep
+from services.core.keys import STATE_HASH, STEP_DIGESTS_HASH, STEPS_HASH, controller_keys, run_key
 from services.core.queues import PROMPTS, ROLLOUTS, QueueStats
 from services.core.redis_streams import stream_stats
 from services.core.schedule import Phase, Schedule, ScheduleState
@@ -103,20 +104,20 @@ return redis.call('HGETALL', KEYS[1])
 
 
 def state_key(run_id: str) -> str:
-    return f"rlvr:{run_id}:state"
+    return run_key(run_id, STATE_HASH)
 
 
 def steps_key(run_id: str) -> str:
-    return f"rlvr:{run_id}:steps"
+    return run_key(run_id, STEPS_HASH)
 
 
 def step_digests_key(run_id: str) -> str:
-    return f"rlvr:{run_id}:step_digests"
+    return run_key(run_id, STEP_DIGESTS_HASH)
 
 
 def run_keys(run_id: str) -> list[str]:
     """Every key the controller writes for a run (for cleanup in tests and tooling)."""
-    return [state_key(run_id), steps_key(run_id), step_digests_key(run_id)]
+    return controller_keys(run_id)
 
 
 def _reply(value: Awaitable[T] | T) -> T:

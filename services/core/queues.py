@@ -15,7 +15,6 @@ Semantics shared by both implementations (`RedisStreamQueue` in redis_streams.py
 from __future__ import annotations
 
 import os
-import re
 import socket
 import threading
 import time
@@ -26,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from services.core.config.queues import QueueSettings
-from services.core.wire import RUN_ID_PATTERN, PromptGroup, ScoredGroup, WireModel
+from services.core.keys import PROMPTS_STREAM, ROLLOUTS_STREAM, run_key
+from services.core.wire import PromptGroup, ScoredGroup, WireModel
 from services.core.wire_codec import ID_FIELD, PoisonMessageError, decode_entry, encode_entry
 
 M = TypeVar("M", bound=WireModel)
-KEY_PREFIX = "rlvr"
 
 
 class QueueError(RuntimeError):
@@ -50,20 +49,8 @@ class StreamSpec(Generic[M]):
     message_type: type[M]
 
 
-PROMPTS = StreamSpec("prompts", "rollout", PromptGroup)
-ROLLOUTS = StreamSpec("rollouts", "trainer", ScoredGroup)
-
-
-def run_key(run_id: str, name: str) -> str:
-    """`rlvr:{run_id}:{name}` (DESIGN.md §3); refuses run ids that could escape the namespace."""
-    if not re.fullmatch(RUN_ID_PATTERN, run_id):
-        raise ValueError(f"run_id={run_id!r} is invalid: it must match {RUN_ID_PATTERN} (lowercase, digits, _ -).")
-    return f"{KEY_PREFIX}:{run_id}:{name}"
-
-
-def dead_key(run_id: str) -> str:
-    """The run's dead-letter stream, shared by all its queues (each letter names its source stream)."""
-    return run_key(run_id, "dead")
+PROMPTS = StreamSpec(PROMPTS_STREAM, "rollout", PromptGroup)
+ROLLOUTS = StreamSpec(ROLLOUTS_STREAM, "trainer", ScoredGroup)
 
 
 def new_consumer_name(role: str) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Generic
 import redis
 
 from services.core.config import QueueSettings
+from services.core.keys import dead_key, run_key
 from services.core.queues import (
     DeadLetter,
     Delivery,
@@ -28,12 +29,10 @@ from services.core.queues import (
     QueueFullError,
     QueueStats,
     StreamSpec,
-    dead_key,
     dead_letter_fields,
     encode_for_stream,
     exceeded_reason,
     parse_dead_letter,
-    run_key,
 )
 from services.core.wire_codec import PoisonMessageError, decode_entry
 

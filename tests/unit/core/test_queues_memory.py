@@ -7,17 +7,16 @@ import time
 
 import pytest
 
+from services.core.config import QueueSettings
+from services.core.keys import dead_key, run_key
 from services.core.queues import (
     PROMPTS,
     ROLLOUTS,
     InMemoryQueue,
     MessageQueue,
     QueueFullError,
-    QueueSettings,
-    dead_key,
     new_consumer_name,
     receive,
-    run_key,
 )
 from services.core.wire import PromptGroup
 from services.core.wire_codec import encode_entry
