@@ -42,6 +42,7 @@ def scored_group(rng: random.Random, group_id: str, samples: int, tokens: Callab
     lengths = [tokens() for _ in range(samples)]
     return ScoredGroup(
         group_id=group_id,
+        step=1,
         data_source="gsm8k",
         prompt_token_ids=[rng.randrange(150_000) for _ in range(PROMPT_TOKENS)],
         response_token_ids=[[rng.randrange(150_000) for _ in range(n)] for n in lengths],

@@ -27,7 +27,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.integration.reward_server_process import run_reward_server  # noqa: E402
+from tests.service_processes import run_reward_server  # noqa: E402
 
 DEFAULT_CASES = REPO_ROOT.parent / "shared" / "data" / "grading" / "cases.jsonl"
 

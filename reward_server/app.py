@@ -1,7 +1,8 @@
 """The reward server's FastAPI app: `create_app(settings)` builds it; the lifespan starts and stops the scorer pool.
 
 Routes: `POST /v1/score` (our batch API), `POST /get_reward` (OpenRLHF's remote reward protocol), `GET /healthz`,
-`GET /readyz` (503 until every scorer worker is up), `GET /metrics` (Prometheus text, this app's own registry).
+`GET /readyz` (503 with a reason until every scorer worker has come up, and whenever none is alive), `GET /metrics`
+(Prometheus text, this app's own registry).
 """
 
 from __future__ import annotations
@@ -180,15 +181,19 @@ def _add_ops_routes(app: FastAPI, metrics: RewardMetrics) -> None:
     @app.get(
         "/readyz",
         response_model=HealthResponse,
-        responses={503: {"model": HealthResponse, "description": "Scorer pool not up yet."}},
-        summary="Readiness: every scorer worker has started (503 until then).",
+        response_model_exclude_none=True,
+        responses={503: {"model": HealthResponse, "description": "Not ready; `reason` says why."}},
+        summary="Readiness: the pool has started and at least one scorer worker is alive (503 otherwise).",
     )
     async def readyz(request: Request) -> Any:
         pool: ScorerPool | None = request.app.state.pool
-        if pool is None or not pool.ready:
-            workers = 0 if pool is None else pool.alive_workers
-            return JSONResponse(status_code=503, content={"status": "starting", "workers": workers})
-        return HealthResponse(status="ready", workers=pool.alive_workers)
+        # A pool mid-respawn with no live worker still queues items, but a balancer should send them elsewhere.
+        reason = "scorer pool not created (server starting or stopping)" if pool is None else pool.not_ready_reason()
+        workers = 0 if pool is None else pool.alive_workers
+        if reason is not None:
+            body = HealthResponse(status="not_ready", workers=workers, reason=reason)
+            return JSONResponse(status_code=503, content=body.model_dump())
+        return HealthResponse(status="ready", workers=workers)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format).")
     async def prometheus_metrics(request: Request) -> PlainTextResponse:

@@ -37,6 +37,7 @@ ScoreFn = Callable[[Any, str, str], ScoreOutcome]
 _MAX_REPLY_CHARS = 512
 _GRACE_S = 1.0
 _RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_IDLE_CHECK_S = 1.0
 _PRELOAD = ("math_verify", "sympy", "reward_server.scorers")
 
 
@@ -137,6 +138,13 @@ class _Worker:
             loop.remove_reader(fd)
         return self.conn.recv()
 
+    def alive(self) -> bool:
+        """Whether the process still runs (False once closed: `close()` may be reaping it concurrently)."""
+        try:
+            return self.process.is_alive()
+        except ValueError:
+            return False
+
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
@@ -209,12 +217,25 @@ class ScorerPool:
 
     @property
     def ready(self) -> bool:
-        """All initial workers came up once and the pool is not closing (a respawn in progress stays ready)."""
+        """Accepting items: all initial workers came up once and the pool is not closing. A respawn in progress
+        stays ready (items wait in the queue for the replacement); /readyz asks `not_ready_reason` instead."""
         return self._all_up.is_set() and not self._closing
 
     @property
     def alive_workers(self) -> int:
-        return sum(1 for worker in self._workers if worker is not None)
+        """Workers that reported ready and whose process still runs (one being replaced does not count)."""
+        return sum(1 for worker in self._workers if worker is not None and worker.alive())
+
+    def not_ready_reason(self) -> str | None:
+        """Why the pool cannot score now, or None: starting, closing, or no live worker (all being replaced)."""
+        alive = self.alive_workers
+        if self._closing:
+            return "scorer pool is shutting down"
+        if not self._all_up.is_set():
+            return f"scorer pool is starting: {alive} of {self._size} workers up"
+        if alive == -1:
+            return "no live scorer worker: every one is being replaced (see rlvr_reward_pool_restarts_total)"
+        return None
 
     @property
     def queue_depth(self) -> int:
@@ -264,7 +285,7 @@ class ScorerPool:
         current: _Queued | None = None
         try:
             while True:
-                current = await self._queue.get()
+                current = await self._next_item(ctx, index)
                 self._metrics.queue_depth.set(self._queue.qsize())
                 if current.future.done():
                     continue
@@ -279,6 +300,18 @@ class ScorerPool:
             if current is not None:
                 _answer(current, ItemOutcome("error", detail="server shutting down"))
             raise
+
+    async def _next_item(self, ctx: BaseContext, index: int) -> _Queued:
+        """The next queued item. While idle, check the worker every second and replace it if it died (e.g.
+        OOM-killed): otherwise /readyz would stay 503 until an item came, and a balancer sends none to a 503."""
+        while True:
+            try:
+                # Cancelling a waiting `get` leaves the queue as it was, so no item is lost to the timeout.
+                return await self._queue.get()
+            except TimeoutError:
+                worker = self._workers[index]
+                if worker is None or not worker.alive():
+                    await self._replace_worker(ctx, index, reason="crash")
 
     async def _execute(self, index: int, queued: _Queued) -> tuple[ItemOutcome, bool, str]:
         """Run one item on slot `index`'s worker: (outcome, worker still usable, restart reason if not)."""

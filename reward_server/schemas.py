@@ -8,7 +8,7 @@ Problems of one well-formed item (unknown kind, empty ground truth, a scorer cra
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -20,7 +20,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-ItemStatus = Literal["ok", "timeout", "error", "invalid"]
+from services.core.wire import RewardStatus
 
 
 def _require_valid_unicode(text: str) -> str:
@@ -110,7 +110,7 @@ class ScoreResult(BaseModel):
 
     id: ItemId = Field(description="The item's id.")
     reward: float = Field(description="1.0 correct, 0.0 otherwise (also 0.0 for timeout / error / invalid).")
-    status: ItemStatus = Field(
+    status: RewardStatus = Field(
         description="ok: graded; timeout: killed at the hard time limit; error: the scorer failed; "
         "invalid: the item cannot be graded (e.g. unknown kind, empty ground truth)."
     )
@@ -152,5 +152,6 @@ class ErrorResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str = Field(description="ok, ready or starting.")
+    status: str = Field(description="ok (healthz), ready or not_ready (readyz).")
     workers: int | None = Field(default=None, description="Scorer workers alive (readyz only).")
+    reason: str | None = Field(default=None, description="Why the server is not ready (readyz 503 only).")

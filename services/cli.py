@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services.core.config import RunConfig, load_run_config
+from services.core.config import ConfigError, RunConfig, load_run_config
+from services.core.lifecycle import Terminated, sigterm_as_interrupt
 
 DEFAULT_PRESET = "deploy/presets/tiny-cpu.toml"
+EXIT_BAD_CONFIG, EXIT_CONFLICT, EXIT_BROKEN_PIPE, EXIT_SIGINT, EXIT_SIGTERM = 2, 3, 141, 130, 143
 
 # Services parse their own flags; `rlvr NAME ...` forwards the rest of the line to `module.main(argv)`.
 FORWARDED: dict[str, tuple[str, str]] = {
@@ -35,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--out", type=Path, default=None, help="output folder (default runs/<run_id>)")
     run.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one (or REDIS_URL)")
-    run.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    run.add_argument(
+        "--force-schedule", action="store_true", help="resume an existing run with a changed schedule (recorded)"
+    )
+    run.add_argument(
+        "--dry-run", action="store_true", help="check the config and its inputs, print the resolved config, exit"
+    )
     run.set_defaults(func=_cmd_run)
     sched = sub.add_parser("schedule", help="print (and plot) the resolved schedule of a run config")
     _add_config_args(sched)
@@ -63,9 +71,9 @@ def format_schedule_table(config: RunConfig, every: int | None = None) -> str:
         f"max_step={sched.max_step}",
         f"{'step':>6} {'progress':>9} {'ratio':>8}  stage",
     ]
-    for phase in sched.curve():
-        if phase.step in keep:
-            lines.append(f"{phase.step:>6} {phase.progress:>9.4f} {phase.ratio:>8.4f}  {phase.stage}")
+    for step in sorted(s for s in keep if 1 <= s <= sched.total_steps):
+        phase = sched.phase(step)
+        lines.append(f"{phase.step:>6} {phase.progress:>9.4f} {phase.ratio:>8.4f}  {phase.stage}")
     return "\n".join(lines)
 
 
@@ -86,15 +94,20 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
+    from services.run.main_job import RunConflictError, run_main_job
+    from services.run.preflight import preflight
+
     if args.dry_run:
+        preflight(config)
         print(config.model_dump_json(indent=2))
         return 0
-    from services.stack import run_main_job
-
-    code: int = run_main_job(
-        config, config_path=args.config, overrides=args.overrides, out_dir=args.out, redis_url=args.redis_url
-    )
-    return code
+    try:
+        with sigterm_as_interrupt():
+            redis_url = args.redis_url or os.environ.get("REDIS_URL")
+            return run_main_job(config, out_dir=args.out, redis_url=redis_url, force_schedule=args.force_schedule)
+    except RunConflictError as exc:
+        print(f"rlvr run: error: {exc}", file=sys.stderr)
+        return EXIT_CONFLICT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,9 +119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_list)
     try:
         result: int = args.func(args)
-    except ValueError as exc:  # configuration errors: say what is wrong, no traceback
+    except ConfigError as exc:  # configuration errors: say what is wrong, no traceback
         print(f"rlvr {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_CONFIG
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: children were stopped on the way out
+        terminated = isinstance(exc, Terminated)
+        print(f"rlvr {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return EXIT_SIGTERM if terminated else EXIT_SIGINT
+    except BrokenPipeError:  # `rlvr schedule | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return result
 
 

@@ -1,4 +1,4 @@
-"""Child service processes of the local stack: start with a log file, wait for /readyz, stop by PID.
+"""Child service processes of the local stack (and of the tests): start with a log file, wait for /readyz, stop by PID.
 
 Every child dies with the process that started it (PR_SET_PDEATHSIG, services/core/lifecycle.py), so a launcher
 killed by SIGKILL leaves no service behind. Secrets travel in the child's environment, never on its command line.
@@ -68,22 +68,76 @@ class ServiceProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def wait_ready(self, timeout_s: float) -> None:
         wait_until_ready(self.process, self.url, timeout_s, name=self.name, log_tail=self.log_tail)
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM (graceful shutdown), then SIGKILL after `timeout_s`; only our own child's PID."""
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
+    def wait_exit(self, timeout_s: float) -> int:
+        """Wait for the child to exit on its own (e.g. a refused start); its exit code."""
+        return self.process.wait(timeout=timeout_s)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+        """Send `sig` to our own child's PID (SIGTERM: graceful shutdown; SIGKILL: a crash), SIGKILL it if it is
+        still there after `timeout_s`, and reap it. Its exit code (negative: the signal that ended it)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        return int(self.process.returncode)
+
+
+def start_service(
+    name: str,
+    argv: Sequence[str],
+    log_dir: Path,
+    *,
+    env: Mapping[str, str | None] | None = None,
+    port: int | None = None,
+    entry: Sequence[str] | None = None,
+    log_name: str | None = None,
+) -> ServiceProcess:
+    """Start `rlvr <name> <argv> --host 127.0.0.1 --port <port>` and return at once (not waiting for /readyz).
+
+    The caller owns the child: `wait_ready`, then `stop` it (run_service does both). `port` defaults to a free
+    one (pass the old port to restart a service in place); `entry` replaces `services.cli <name>` with another
+    module and its leading arguments (tests run the reward server with stand-in scorers that way); `env` is added
+    to this process's environment, a None value removes that variable; the log goes to `log_dir/log_name`
+    (default `<name>.log`, truncated).
+    """
+    port = port if port is not None else free_loopback_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / (log_name or f"{name}.log")
+    module_args = list(entry) if entry is not None else ["services.cli", name]
+    command = [sys.executable, "-m", *module_args, *argv, "--host", LOOPBACK, "--port", str(port)]
+    child_env = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = value
+    with log_path.open("ab") as log:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            preexec_fn=child_preexec(),
+        )
+    return ServiceProcess(name, f"http://{LOOPBACK}:{port}", child, log_path)
 
 
 @contextlib.contextmanager
@@ -99,20 +153,7 @@ def run_service(
 
     `env` is added to this process's environment for the child (settings and secrets go there, not in argv).
     """
-    port = free_loopback_port()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
-    command = [sys.executable, "-m", "services.cli", name, *argv, "--host", LOOPBACK, "--port", str(port)]
-    with log_path.open("wb") as log:
-        child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            preexec_fn=child_preexec(),
-        )
-    service = ServiceProcess(name, f"http://{LOOPBACK}:{port}", child, log_path)
+    service = start_service(name, argv, log_dir, env=env)
     try:
         service.wait_ready(ready_timeout_s)
         yield service.url

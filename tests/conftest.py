@@ -1,3 +1,3 @@
-"""Suite-wide fixtures: only the Redis ones (real server + embedded), from tests/integration/redis_fixtures.py."""
+"""Suite-wide fixtures: the Redis ones (real server + embedded, unique runs, key cleanup), tests/redis_fixtures.py."""
 
-pytest_plugins = ["tests.integration.redis_fixtures"]
+pytest_plugins = ["tests.redis_fixtures"]

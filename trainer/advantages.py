@@ -11,7 +11,7 @@ from collections.abc import Hashable, Sequence
 import torch
 from torch import Tensor
 
-from trainer.credit import as_bool_mask
+from trainer.credit import as_bool_mask, at_least_float32
 
 GROUP_STD_EPS = 1e-6  # SPEC §4: A = (R - mean) / (std + 1e-6)
 
@@ -43,7 +43,8 @@ def compute_group_advantages(
 
     rewards (N,) float; group_ids (N,) int tensor or any sequence of hashable ids (e.g. prompt uids) -> (N,) in
     rewards' dtype (float64 for integer rewards). `normalize_std=False` gives Dr. GRPO's R - mean.
-    A group of size 1 and a group whose rewards are all equal get exactly 0 (they carry no signal).
+    A group of size 1 gets exactly 0 by definition (SPEC §4: its unbiased std is undefined and it has no peer to
+    compare with), and so does a group whose rewards are all equal (no signal, not rounding noise / 1e-6).
     """
     _check_rewards(rewards)
     _, groups = _group_index(group_ids, rewards.shape[0])
@@ -80,11 +81,13 @@ def sequence_log_ratio(log_ratio: Tensor, mask: Tensor) -> Tensor:
     """GSPO's per-sequence log importance ratio: mean over masked tokens of log pi_new - log pi_old.
 
     log_ratio (B, T), mask (B, T) -> (B,); rows with no masked token give 0 (ratio 1). Masked-out entries are
-    ignored entirely (even NaN/inf there) and receive exactly zero gradient.
+    ignored entirely (even NaN/inf there) and receive exactly zero gradient. Computed in float32 at least (bf16/fp16
+    inputs give a float32 result): a bf16 token count would round 257 to 256.
     """
     if log_ratio.dim() != 2 or log_ratio.shape != mask.shape:
         raise ValueError(f"log_ratio {tuple(log_ratio.shape)} and mask {tuple(mask.shape)} must both be (B, T)")
     bool_mask = as_bool_mask(mask, "mask")
-    total = torch.where(bool_mask, log_ratio, torch.zeros_like(log_ratio)).sum(dim=1)
+    values = at_least_float32(log_ratio)
+    total = torch.where(bool_mask, values, torch.zeros_like(values)).sum(dim=1)
     counts = bool_mask.sum(dim=1)
-    return total / counts.clamp(min=1).to(log_ratio.dtype)
+    return total / counts.clamp(min=1).to(values.dtype)

@@ -37,6 +37,14 @@ def as_bool_mask(mask: Tensor, name: str) -> Tensor:
     return mask != 0
 
 
+def at_least_float32(values: Tensor) -> Tensor:
+    """bf16/fp16 (and integer) tensors as float32; float32/float64 unchanged. Log-ratios, KL, losses and token
+    counts are computed in float32 at least (SPEC §4): bf16 keeps 8 significant bits, so 257 rounds to 256."""
+    if values.dtype in (torch.float32, torch.float64):
+        return values
+    return values.to(torch.float32)
+
+
 def response_lengths(response_mask: Tensor) -> Tensor:
     """(B, T) right-padded response mask -> (B,) int64 lengths; a mask with holes or left padding raises."""
     mask = as_bool_mask(response_mask, "response_mask")
@@ -125,17 +133,26 @@ def entropy_shaped_advantages(
     """SPEC §3.3: A'_t = (A_t + scale * psi_t) * M_t with psi_t = min(alpha * H_t, |A_t| / kappa), H detached.
 
     advantages (B,) (broadcast to every token of its response) or (B, T); entropy (B, T); mask (B, T) -> (B, T).
-    Off-mask tokens get exactly 0, whatever advantages/entropy hold there.
+    Off-mask tokens get exactly 0, whatever advantages/entropy hold there. On masked tokens the entropy must be
+    finite (as for forking_mask); entropy is >= 0 in exact arithmetic, so round-off negatives are clamped at 0.
+    alpha must be >= 0 and kappa > 0 (a negative alpha would turn the bonus into a penalty).
     """
     if not (math.isfinite(kappa) and kappa > 0):
         raise ValueError(f"kappa={kappa!r} is invalid: it must be a finite number > 0 (default 2.0)")
-    if not math.isfinite(alpha) or not math.isfinite(scale):
-        raise ValueError(f"alpha={alpha!r} and scale={scale!r} must be finite")
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha={alpha!r} is invalid: it must be a finite number >= 0 (default 0.4)")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r} must be finite (the schedule value r, or a static scale)")
     bool_mask = as_bool_mask(mask, "mask")
     if entropy.shape != bool_mask.shape:
         raise ValueError(f"entropy shape {tuple(entropy.shape)} != mask shape {tuple(bool_mask.shape)}")
+    ent = entropy.detach()
+    if not bool(torch.isfinite(ent[bool_mask]).all()):
+        raise ValueError("entropy has NaN/inf on masked tokens: entropy-shaped advantages need finite entropies")
+    # Off the mask the value is discarded; zero it so NaN there cannot reach the arithmetic below.
+    ent = torch.where(bool_mask, ent, torch.zeros_like(ent)).clamp(min=0.0)
     adv = _per_token(advantages, bool_mask.shape)
-    psi = torch.minimum(alpha * entropy.detach(), adv.abs() / kappa)
+    psi = torch.minimum(alpha * ent, adv.abs() / kappa)
     return torch.where(bool_mask, adv + scale * psi, torch.zeros_like(adv))
 
 

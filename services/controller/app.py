@@ -3,9 +3,10 @@ checked in the lifespan (refusing to start on a schedule conflict, see `state.py
 
 Endpoints (mutating ones need `Authorization: Bearer <token>` when a token is configured: 401 without, 403 wrong):
 - GET  /v1/schedule         config, resolved steps, the whole curve
-- GET  /v1/phase[?step=N]   phase of step N (any N >= 1; 422 otherwise) or of the current step, with the live status
+- GET  /v1/phase[?step=N]   phase of step N (1 <= N <= MAX_PHASE_STEP; 422 otherwise) or of the current step
 - GET  /v1/status           the run's live status
-- POST /v1/steps            trainer's StepReport (200 accepted or duplicate; 404 other run; 409 refused; 422 invalid)
+- POST /v1/steps            trainer's StepReport (200 accepted or duplicate; 404 other run; 409 refused, also while
+                            paused; 413 body over MAX_BODY_BYTES; 422 invalid, e.g. over MAX_REPORT_METRICS metrics)
 - GET  /v1/steps/{step}     an accepted report (404 if none)
 - POST /v1/pause, /v1/resume  (idempotent; 200 with the status)
 - GET  /healthz (200 while alive), /readyz (503 when Redis or the run state is unreachable), /metrics
@@ -18,6 +19,7 @@ import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import redis
@@ -43,13 +45,18 @@ from services.controller.schemas import (
     StoredStep,
 )
 from services.controller.settings import ControllerSettings
-from services.controller.state import RunStateStore
+from services.controller.state import RunInit, RunStateStore
 from services.core.config import RunConfig, load_run_config
+from services.core.http_limits import BodyLimitMiddleware
 from services.core.http_metrics import RequestMetricsMiddleware
 from services.core.redis_conn import EmbeddedRedis, RedisUnavailableError, connect, redact_url
+from services.core.schedule import MAX_TOTAL_STEPS
 from services.core.wire import StepReport
 
 log = logging.getLogger(__name__)
+
+MAX_PHASE_STEP = 10 * MAX_TOTAL_STEPS  # phases exist past the last step (r = 0); a 20-digit step is a client bug
+MAX_BODY_BYTES = 1 << 20  # a step report is a few KB; MAX_REPORT_METRICS scalars fit with room to spare
 
 router = APIRouter()
 
@@ -99,7 +106,9 @@ def get_schedule(store: Store) -> ScheduleResponse:
 @router.get("/v1/phase", response_model=PhaseResponse)
 def get_phase(
     store: Store,
-    step: Annotated[int | None, Query(ge=1, description="1-based step; omitted: the current step.")] = None,
+    step: Annotated[
+        int | None, Query(ge=1, le=MAX_PHASE_STEP, description="1-based step; omitted: the current step.")
+    ] = None,
 ) -> PhaseResponse:
     status = store.status()
     phase = store.phase(step if step is not None else status.current_step)
@@ -194,18 +203,37 @@ def _redis_url(settings: ControllerSettings) -> Iterator[str]:
         yield server.url
 
 
-def _lifespan(settings: ControllerSettings, run_config: RunConfig) -> Callable[[FastAPI], Any]:
+@dataclass(frozen=True)
+class OpenedRun:
+    """The run state opened in Redis: created, reused or forced (`init`), with the URL it lives at."""
+
+    store: RunStateStore
+    init: RunInit
+    redis_url: str
+
+
+@contextlib.contextmanager
+def open_run_state(settings: ControllerSettings, run_config: RunConfig) -> Iterator[OpenedRun]:
+    """Connect Redis (or start the embedded one) and create or check the run's state; refusals raise
+    ScheduleConflictError / ConfigConflictError / RedisUnavailableError before anything is served."""
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(_redis_url(settings))
+        client = connect(url, socket_timeout_s=settings.redis_socket_timeout_s)
+        stack.callback(client.close)
+        store = RunStateStore(client, run_config.run_id, run_config.build_schedule(), config=run_config)
+        init = store.create_or_load(force=settings.force_schedule)
+        log.info("run %s: state %s in Redis at %s", run_config.run_id, init.outcome, redact_url(url))
+        yield OpenedRun(store, init, url)
+
+
+def _lifespan(
+    settings: ControllerSettings, run_config: RunConfig, opened: OpenedRun | None
+) -> Callable[[FastAPI], Any]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with contextlib.ExitStack() as stack:
-            url = stack.enter_context(_redis_url(settings))
-            app.state.redis_url = url
-            client = connect(url, socket_timeout_s=settings.redis_socket_timeout_s)
-            stack.callback(client.close)
-            store = RunStateStore(client, run_config.run_id, run_config.build_schedule())
-            init = store.create_or_load(force=settings.force_schedule)
-            log.info("run %s: schedule %s in Redis at %s", run_config.run_id, init.outcome, redact_url(url))
-            app.state.store, app.state.run_init = store, init
+            run = opened if opened is not None else stack.enter_context(open_run_state(settings, run_config))
+            app.state.redis_url, app.state.store, app.state.run_init = run.redis_url, run.store, run.init
             yield
 
     return lifespan
@@ -221,14 +249,18 @@ def load_served_run_config(settings: ControllerSettings) -> RunConfig:
     return load_run_config(settings.run_config_path, settings.run_config_overrides)
 
 
-def create_app(settings: ControllerSettings, *, run_config: RunConfig | None = None) -> FastAPI:
-    """Build the controller app; `run_config` overrides the settings' run config file (tests, the stack launcher)."""
+def create_app(
+    settings: ControllerSettings, *, run_config: RunConfig | None = None, opened: OpenedRun | None = None
+) -> FastAPI:
+    """Build the controller app; `run_config` overrides the settings' run config file (tests); `opened` is a run
+    state already opened by the caller (`rlvr controller` opens it first, so a refusal is one line, not a trace)."""
     run_config = run_config if run_config is not None else load_served_run_config(settings)
     metrics = ControllerMetrics()
     metrics.set_run(run_config.run_id, run_config.schedule.mode, run_config.total_steps)
-    app = FastAPI(title="rlvr-schedule controller", version="1", lifespan=_lifespan(settings, run_config))
+    app = FastAPI(title="rlvr-schedule controller", version="1", lifespan=_lifespan(settings, run_config, opened))
     app.state.settings, app.state.metrics = settings, metrics
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_BODY_BYTES)
     app.add_middleware(RequestMetricsMiddleware, observe=functools.partial(observe_request, metrics))
     app.include_router(router)
     return app

@@ -1,9 +1,10 @@
 """HTTP client of the controller, used by the trainer and the rollout workers.
 
 Every request has a timeout. Transport failures (connection refused, timeouts, dropped connections) and 5xx answers
-are retried a bounded number of times with exponential backoff and jitter; 4xx answers are never retried: they
-raise `ControllerRequestError` at once with the server's explanation. Retrying is safe for every endpoint because
-each is idempotent (a repeated identical step report returns the first result; pause/resume set a flag).
+are retried under a `RetryPolicy` (services/core/retry.py: capped exponential backoff, full jitter); 4xx answers
+are never retried: they raise `ControllerRequestError` at once with the server's explanation. Retrying is safe for
+every endpoint because each is idempotent (a repeated identical step report returns the first result; pause/resume
+set a flag).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import Any, Protocol
 import httpx
 
 from services.controller.schemas import PhaseResponse, RunStatus, ScheduleResponse, StepReportResponse, StoredStep
+from services.core.retry import RetryExhaustedError, RetryPolicy, retry_call
 from services.core.wire import StepReport
+
+DEFAULT_RETRY = RetryPolicy(max_attempts=4, base_delay_s=0.2, max_delay_s=2.0)
 
 
 class HttpResponse(Protocol):
@@ -47,7 +51,11 @@ class HttpClient(Protocol):
 
 
 class ControllerRequestError(Exception):
-    """The controller refused a request (4xx): `status_code`, stable `code` (e.g. `step_out_of_order`), `body`."""
+    """The controller refused a request (4xx): `status_code`, stable `code` (e.g. `step_out_of_order`), `body`.
+
+    A 5xx answer is raised as this error only inside the retry loop; when retries run out it surfaces as
+    `ControllerUnavailableError`.
+    """
 
     def __init__(self, status_code: int, detail: str, code: str | None, body: Any) -> None:
         super().__init__(f"controller answered {status_code} ({code}): {detail}")
@@ -83,20 +91,20 @@ class ControllerClient:
         *,
         token: str | None = None,
         timeout_s: float = 5.0,
-        max_attempts: int = 4,
-        backoff_s: float = 0.2,
-        backoff_max_s: float = 2.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
         http_client: HttpClient | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
     ) -> None:
-        """`http_client` replaces the owned httpx client (tests pass a FastAPI TestClient); it is not closed here."""
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts={max_attempts} must be >= 1")
+        """`http_client` replaces the owned httpx client (tests pass a FastAPI TestClient); it is not closed here.
+
+        `sleep` serves both the retry backoff and `wait_until_resumed`'s polling; `rng` draws the backoff jitter.
+        """
         self.base_url = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._max_attempts = max_attempts
-        self._backoff_s, self._backoff_max_s = backoff_s, backoff_max_s
+        self._retry = retry
         self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
         self._owns_http = http_client is None
         self._http: HttpClient = http_client or httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s))
 
@@ -112,30 +120,23 @@ class ControllerClient:
     ) -> None:
         self.close()
 
-    def _backoff(self, attempt: int) -> float:
-        """Delay before retry number `attempt` (1-based): exponential, capped, with up to 25% jitter."""
-        delay = min(self._backoff_max_s, self._backoff_s * 2.0 ** (attempt - 1))
-        return delay * (1.0 + random.uniform(0.0, 0.25))
-
     def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None) -> Any:
         """Send with retries on transport errors and 5xx; return the decoded JSON of a 2xx answer."""
-        last_error = "no attempt made"
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                response = self._http.request(method, path, params=params, json=json, headers=self._headers)
-            except httpx.TransportError as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.is_success:
-                    return response.json()
-                if response.status_code < 500:
-                    raise ControllerRequestError.from_response(response)
-                last_error = str(ControllerRequestError.from_response(response))
-            if attempt < self._max_attempts:
-                self._sleep(self._backoff(attempt))
-        raise ControllerUnavailableError(
-            f"controller at {self.base_url} unavailable after {self._max_attempts} attempts: {last_error}"
-        )
+
+        def send() -> Any:
+            response = self._http.request(method, path, params=params, json=json, headers=self._headers)
+            if not response.is_success:
+                raise ControllerRequestError.from_response(response)
+            return response.json()
+
+        try:
+            return retry_call(send, policy=self._retry, retry_on=_is_transient, sleep=self._sleep, rng=self._rng)
+        except RetryExhaustedError as exc:
+            last = exc.last_error
+            reason = str(last) if isinstance(last, ControllerRequestError) else f"{type(last).__name__}: {last}"
+            raise ControllerUnavailableError(
+                f"controller at {self.base_url} unavailable after {exc.attempts} attempts: {reason}"
+            ) from last
 
     def get_schedule(self) -> ScheduleResponse:
         return ScheduleResponse.model_validate(self._request("GET", "/v1/schedule"))
@@ -180,3 +181,10 @@ class ControllerClient:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"run {current.run_id!r} still paused after {timeout_s} s")
             self._sleep(poll_interval_s)
+
+
+def _is_transient(error: Exception) -> bool:
+    """Worth retrying: the request may not have arrived, or the controller failed on its side (5xx)."""
+    if isinstance(error, ControllerRequestError):
+        return error.status_code >= 500
+    return isinstance(error, httpx.TransportError)

@@ -83,6 +83,18 @@ class ScheduleConflictError(ControllerError):
     code = "schedule_conflict"
 
 
+class ConfigConflictError(ControllerError):
+    """The run exists with other settings (strategy, batch sizes, model...) than the configured ones."""
+
+    code = "config_conflict"
+
+
+class RunPausedError(StepConflictError):
+    """A step report while the run is paused: the trainer holds it and reports after resume."""
+
+    code = "run_paused"
+
+
 class ScheduleChangedError(ControllerError):
     """The run's schedule in Redis was replaced (forced) by another controller after this one started."""
 
@@ -112,6 +124,7 @@ STATUS_BY_ERROR: dict[type[ControllerError], int] = {
     StepNotReportedError: 404,
     StepConflictError: 409,
     ScheduleConflictError: 409,
+    ConfigConflictError: 409,
     ScheduleChangedError: 409,
     RunStateMissingError: 503,
     AuthRequiredError: 401,

@@ -4,7 +4,7 @@ Keys (DESIGN.md §3), all namespaced by run:
 - `rlvr:{run_id}:state` (hash): `schedule` (ScheduleState JSON: config + total_steps + resolved min/max step, fixed at
   run creation), `created_at`, `last_step` (0 before any report), `policy_version`, `last_report_at`, `paused`,
   `paused_at`, `pause_reason`, and, when a schedule was overwritten by force, `schedule_force_count`,
-  `schedule_forced_at`, `schedule_previous` (the JSON it replaced).
+  `schedule_forced_at`, `schedule_previous` (the JSON it replaced), and `config` / `config_fingerprint`.
 - `rlvr:{run_id}:steps` (hash step -> StoredStep JSON): every accepted report; bounded by total_steps because a step
   beyond the run is refused.
 - `rlvr:{run_id}:step_digests` (hash step -> sha256 of the report without `created_at`): the idempotency check.
@@ -22,7 +22,12 @@ Semantics:
   trainer should echo the controller's phase), then in Redis: a step seen before is a duplicate (identical content
   apart from `created_at` -> the first acceptance is returned again, nothing changes) or a conflict; a new step must
   be exactly last + 1; the policy version must not go below the last one. All refusals are 409 with the reason.
-- Pausing does not block step reports (the trainer reports work already done); it tells rollout workers to stop.
+- While the run is paused a new step report is refused (409 `run_paused`; a repeat of an accepted report is still
+  answered as a duplicate): the run loop and rollout workers stop at their next step boundary, and a trainer that
+  finished a step holds its report until resume.
+- The resolved run config (everything but operational settings, `RunConfig.fingerprinted`) and its fingerprint are
+  stored with the run (`config`, `config_fingerprint`); a controller configured with other settings refuses to
+  start (`ConfigConflictError`), and `--force-schedule` overrides only the schedule.
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ from pydantic import ValidationError
 from redis.typing import EncodableT, FieldT
 
 from services.controller.errors import (
+    ConfigConflictError,
     DuplicateStepMismatchError,
     PhaseMismatchError,
     PolicyVersionRegressionError,
     RunNotFoundError,
+    RunPausedError,
     RunStateMissingError,
     ScheduleChangedError,
     ScheduleConflictError,
@@ -52,6 +59,7 @@ from services.controller.errors import (
     StepOutOfOrderError,
 )
 from services.controller.schemas import RunStatus, StoredStep
+from services.core.config import RunConfig, canonical_json, config_differences
 from services.core.keys import STATE_HASH, STEP_DIGESTS_HASH, STEPS_HASH, controller_keys, run_key
 from services.core.queues import PROMPTS, ROLLOUTS, QueueStats
 from services.core.redis_streams import stream_stats
@@ -62,6 +70,9 @@ log = logging.getLogger(__name__)
 
 PHASE_TOLERANCE = 1e-9  # ratio/progress may differ by float round-trips through other JSON stacks, no more
 WATCH_RETRIES = 20
+CONFIG_FIELD = "config"
+FINGERPRINT_FIELD = "config_fingerprint"
+SCHEDULE_KEYS = ("schedule.", "total_steps:")  # what --force-schedule may change (config_differences lines)
 
 T = TypeVar("T")
 
@@ -77,6 +88,7 @@ if seen then
   if seen == ARGV[4] then return {'duplicate', stored} end
   return {'mismatch', stored}
 end
+if redis.call('HGET', KEYS[1], 'paused') == '1' then return {'paused'} end
 local last = tonumber(redis.call('HGET', KEYS[1], 'last_step'))
 if step ~= last + 1 then return {'out_of_order', tostring(last)} end
 local current = tonumber(redis.call('HGET', KEYS[1], 'policy_version'))
@@ -185,10 +197,13 @@ class StepOutcome:
 class RunStateStore:
     """The run's state in Redis: creation, phases, step reports, pause. Thread-safe (Redis does the locking)."""
 
-    def __init__(self, client: redis.Redis, run_id: str, schedule: Schedule) -> None:
+    def __init__(
+        self, client: redis.Redis, run_id: str, schedule: Schedule, *, config: RunConfig | None = None
+    ) -> None:
         self._client = client
         self.run_id = run_id
         self.schedule = schedule  # replaced by the stored schedule in create_or_load
+        self.config = config  # its fingerprint is stored with the run; None: only the schedule is checked
         self._schedule_raw: str | None = None
         self._report_script = client.register_script(_REPORT_STEP_LUA)
         self._pause_script = client.register_script(_SET_PAUSED_LUA)
@@ -213,14 +228,21 @@ class RunStateStore:
         pipe.watch(key)  # type: ignore[no-untyped-call]
         stored_raw = _text(_reply(pipe.hget(key, "schedule")))
         configured = self.schedule.state()
+        stored_config = _text(_reply(pipe.hget(key, CONFIG_FIELD)))
         if stored_raw is None:
             self._write_schedule(pipe, configured, now=now)
             return RunInit("created")
         stored, problem = self._parse_stored(stored_raw, configured)
         if stored is not None and stored == configured:
-            pipe.unwatch()
+            self._check_config(stored_config, ignore=())
+            if stored_config is None and self.config is not None:
+                self._write_config(pipe)  # a run created without a config record adopts this one
+            else:
+                pipe.unwatch()
             self._adopt(stored_raw, stored)
             return RunInit("reused")
+        # Only the schedule may be forced; every other difference is refused either way.
+        self._check_config(stored_config, ignore=SCHEDULE_KEYS)
         if not force:
             raise ScheduleConflictError(
                 f"run {self.run_id!r} already exists in Redis ({key}) with a different schedule ({problem}). "
@@ -241,6 +263,8 @@ class RunStateStore:
         key, raw = self.state_key, configured.model_dump_json()
         pipe.multi()
         pipe.hset(key, "schedule", raw)
+        if self.config is not None:
+            pipe.hset(key, mapping=self._config_fields())
         initial = {"created_at": repr(now), "last_step": "0", "policy_version": "0", "paused": "0"}
         for field, value in initial.items():
             pipe.hsetnx(key, field, value)  # a forced overwrite keeps the run's history
@@ -250,6 +274,34 @@ class RunStateStore:
             pipe.hincrby(key, "schedule_force_count", 1)
         pipe.execute()
         self._adopt(raw, configured)
+
+    def _config_fields(self) -> dict[FieldT, EncodableT]:
+        assert self.config is not None
+        return {CONFIG_FIELD: canonical_json(self.config.fingerprinted()), FINGERPRINT_FIELD: self.config.fingerprint()}
+
+    def _write_config(self, pipe: redis.client.Pipeline) -> None:
+        pipe.multi()
+        pipe.hset(self.state_key, mapping=self._config_fields())
+        pipe.execute()
+
+    def _check_config(self, stored_config: str | None, *, ignore: tuple[str, ...]) -> None:
+        """Refuse a configured run whose settings differ from the stored run's (keys under `ignore` excepted)."""
+        if self.config is None or stored_config is None:
+            return
+        try:
+            stored = json.loads(stored_config)
+        except json.JSONDecodeError:
+            stored = {"(unreadable)": stored_config}
+        differences = [
+            line for line in config_differences(stored, self.config.fingerprinted()) if not line.startswith(ignore)
+        ]
+        if differences:
+            raise ConfigConflictError(
+                f"run {self.run_id!r} already exists in Redis ({self.state_key}) with other settings: "
+                f"{'; '.join(differences)}. A run's settings are fixed at creation so a resume trains the same "
+                "experiment: use a new run_id, or restore the stored settings.",
+                differences=differences,
+            )
 
     @staticmethod
     def _parse_stored(raw: str, configured: ScheduleState) -> tuple[ScheduleState | None, str]:
@@ -349,6 +401,11 @@ class RunStateStore:
                 f"step {step} is out of order: steps are reported contiguously and the expected next step is "
                 f"{expected}",
                 expected_step=expected,
+            )
+        if outcome == "paused":
+            return RunPausedError(
+                f"run {self.run_id!r} is paused: step {step} is not recorded while paused; hold the report and send it "
+                "again after POST /v1/resume"
             )
         if outcome == "regression":
             return PolicyVersionRegressionError(

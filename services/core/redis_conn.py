@@ -23,6 +23,7 @@ import redis
 from services.core.lifecycle import child_preexec
 
 EMBEDDED_START_TIMEOUT_S = 10.0
+MAX_SOCKET_PATH = 100
 
 
 class RedisUnavailableError(RuntimeError):
@@ -53,6 +54,10 @@ class EmbeddedRedis:
         self.persist = persist
         self.password = password
         self.socket_path = self.data_dir / "redis.sock"
+        self._socket_dir: Path | None = None
+        if len(str(self.socket_path.absolute())) > MAX_SOCKET_PATH:  # AF_UNIX paths are limited to 107 bytes
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="rlvr-sock-"))
+            self.socket_path = self._socket_dir / "redis.sock"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -116,6 +121,8 @@ class EmbeddedRedis:
                 process.wait(timeout=5)
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()

@@ -22,6 +22,10 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 PackKind = Literal["int32", "int32_ragged", "float64_ragged"]
 MessageId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^\S+$")]
+MAX_REPORT_METRICS = 512  # a step report is a summary, not a dump: a few dozen scalars in practice
+MAX_METRIC_NAME_CHARS = 128
+MAX_GENERATION_PHASES = 4096
+MetricName = Annotated[str, Field(min_length=1, max_length=MAX_METRIC_NAME_CHARS)]
 
 
 class WireModel(BaseModel):
@@ -46,9 +50,17 @@ class StepReport(WireModel):
     run_id: str = Field(pattern=RUN_ID_PATTERN, description="Run this step belongs to.")
     step: int = Field(ge=1, description="1-based optimizer step that finished.")
     policy_version: int = Field(ge=0, description="Policy version after this step's update.")
-    phase: Phase = Field(description="The schedule phase the trainer applied at this step.")
-    metrics: dict[str, float | None] = Field(
-        default_factory=dict, description="Training scalars (`train/...`); None where undefined (e.g. empty bin)."
+    phase: Phase = Field(description="The schedule phase the trainer applied at this step (SPEC §2).")
+    generation_phases: list[Phase] = Field(
+        default_factory=list,
+        max_length=MAX_GENERATION_PHASES,
+        description="The distinct phases the step's rollouts were stamped with at generation, by step; their distance "
+        "to `phase` measures staleness.",
+    )
+    metrics: dict[MetricName, float | None] = Field(
+        default_factory=dict,
+        max_length=MAX_REPORT_METRICS,
+        description=f"Training scalars (`train/...`), at most {MAX_REPORT_METRICS}; None where undefined.",
     )
     created_at: float = Field(default_factory=time.time, description="Unix time the report was made.")
 
@@ -75,6 +87,7 @@ class PromptGroup(WireModel):
     packed_fields: ClassVar[dict[str, PackKind]] = {"prompt_token_ids": "int32"}
 
     group_id: MessageId = Field(description="Unique id of this prompt group within the run (no whitespace).")
+    step: int = Field(ge=1, description="The training step whose batch this group belongs to (the data contract).")
     prompt: str = Field(description="The prompt text (chat template not yet applied unless the data set did).")
     label: str = Field(description="Ground truth the reward server checks responses against.")
     data_source: str = Field(min_length=1, description="Data set / scorer kind, e.g. 'gsm8k', 'math'.")
@@ -103,6 +116,7 @@ class ScoredGroup(WireModel):
     }
 
     group_id: MessageId = Field(description="The `PromptGroup.group_id` these samples answer (dedup key).")
+    step: int = Field(ge=1, description="`PromptGroup.step`: the training step whose batch this group belongs to.")
     data_source: str = Field(min_length=1, description="Data set / scorer kind of the prompt.")
     prompt_token_ids: list[TokenId] = Field(description="Token ids of the prompt as the engine saw it.")
     response_token_ids: list[list[TokenId]] = Field(description="Per sample: the generated token ids.")

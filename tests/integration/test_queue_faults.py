@@ -31,7 +31,7 @@ Spawn = Callable[..., subprocess.Popen[str]]
 
 
 def prompt(i: int) -> PromptGroup:
-    return PromptGroup(group_id=f"g{i}", prompt=f"q{i}", label=str(i), data_source="math", n=8)
+    return PromptGroup(group_id=f"g{i}", step=1, prompt=f"q{i}", label=str(i), data_source="math", n=8)
 
 
 def poison(i: int) -> dict[str, bytes]:

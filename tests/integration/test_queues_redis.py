@@ -23,12 +23,13 @@ PHASE = Phase(step=2, progress=0.5, ratio=0.25, stage="anneal")
 
 
 def prompt(i: int) -> PromptGroup:
-    return PromptGroup(group_id=f"g{i}", prompt=f"q{i}", label=str(i), data_source="math", n=4, created_at=1.0)
+    return PromptGroup(group_id=f"g{i}", step=1, prompt=f"q{i}", label=str(i), data_source="math", n=4, created_at=1.0)
 
 
 def big_scored_group(samples: int = 8, tokens: int = 1024) -> ScoredGroup:
     return ScoredGroup(
         group_id="big-1",
+        step=1,
         data_source="gsm8k",
         prompt_token_ids=list(range(100)),
         response_token_ids=[[(s * 7919 + t) % 151_000 for t in range(tokens)] for s in range(samples)],

@@ -19,7 +19,7 @@ from services.core.redis_conn import EmbeddedRedis, RedisUnavailableError, conne
 from services.core.redis_streams import RedisStreamQueue
 from services.core.wire import PromptGroup
 from services.process import free_loopback_port
-from tests.integration.redis_fixtures import SERVER_URL, unique_run_id
+from tests.redis_fixtures import SERVER_URL, unique_run_id
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ def test_queue_over_tls_with_password(tls_redis: str) -> None:
     client = connect(tls_redis)
     assert client.connection_pool.connection_class.__name__ == "SSLConnection"
     queue = RedisStreamQueue(client, PROMPTS, unique_run_id())
-    message = PromptGroup(group_id="g", prompt="q", label="a", data_source="math", n=2)
+    message = PromptGroup(group_id="g", step=1, prompt="q", label="a", data_source="math", n=2)
     queue.publish(message)
     assert [d.message for d in queue.read("a")] == [message]
     with pytest.raises(RedisUnavailableError, match=r"rediss://:\*\*\*@127\.0\.0\.1"):

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from tests.integration.reward_server_process import RewardServerProcess, run_reward_server
+from tests.service_processes import RewardServerProcess, run_reward_server
 from tests.shared_data import read_shared_jsonl
-from tests.unit.reward_server.stub_scorers import HANG
+from tests.stub_scorers import HANG
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.reward_server_process import RewardServerProcess, run_reward_server
-from tests.unit.reward_server.stub_scorers import CRASH, HANG
+from tests.service_processes import RewardServerProcess, run_reward_server
+from tests.stub_scorers import CRASH, HANG
 
 pytestmark = pytest.mark.integration
 

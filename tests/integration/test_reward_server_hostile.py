@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.integration.reward_server_process import RewardServerProcess, run_reward_server
+from tests.service_processes import RewardServerProcess, run_reward_server
 
 pytestmark = pytest.mark.integration
 

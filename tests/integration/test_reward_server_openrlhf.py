@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.reward_server_process import RewardServerProcess, run_reward_server
+from tests.service_processes import RewardServerProcess, run_reward_server
 
 try:
     from openrlhf.utils import agent

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.reward_server_process import run_reward_server
+from tests.service_processes import run_reward_server
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,15 @@ from services.core.config.loading import (
     parse_override,
     read_config_file,
 )
-from services.core.config.policy_loss import AGGREGATIONS, Aggregation, KLEstimator, PolicyLossConfig, RatioLevel
+from services.core.config.policy_loss import (
+    AGGREGATIONS,
+    SEQ_MEAN_DENOMINATORS,
+    Aggregation,
+    KLEstimator,
+    PolicyLossConfig,
+    RatioLevel,
+    SeqMeanDenominator,
+)
 from services.core.config.queues import QueueSettings
 from services.core.config.reward import RewardConfig
 from services.core.config.rollout import ReplayBackendConfig, RolloutBackendConfig, RolloutConfig
@@ -24,6 +32,7 @@ __all__ = [
     "AGGREGATIONS",
     "CREDIT_STRATEGIES",
     "ENTROPY_STRATEGIES",
+    "SEQ_MEAN_DENOMINATORS",
     "Aggregation",
     "ConfigError",
     "CreditConfig",
@@ -37,6 +46,7 @@ __all__ = [
     "RolloutBackendConfig",
     "RolloutConfig",
     "RunConfig",
+    "SeqMeanDenominator",
     "TrainerConfig",
     "apply_overrides",
     "canonical_json",

@@ -11,6 +11,8 @@ Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-n
 AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 RatioLevel = Literal["token", "sequence"]
 KLEstimator = Literal["k1", "k3"]
+SeqMeanDenominator = Literal["masked_sequences", "all_sequences"]
+SEQ_MEAN_DENOMINATORS: tuple[str, ...] = get_args(SeqMeanDenominator)
 
 
 class PolicyLossConfig(BaseModel):
@@ -21,7 +23,9 @@ class PolicyLossConfig(BaseModel):
     clip_eps_low: float = Field(default=0.2, description="Lower clip: ratio >= 1 - eps_low for A < 0; in [0, 1).")
     clip_eps_high: float = Field(default=0.28, description="Upper clip (clip-higher): ratio <= 1 + eps_high for A > 0.")
     dual_clip_c: float | None = Field(
-        default=3.0, description="Dual clip for A < 0: ratio capped at c (> 1); None disables it."
+        default=3.0,
+        description="Dual clip for A < 0: ratio capped at c (> 1); None disables it. Under GSPO it caps the "
+        "sequence ratio (verl's GSPO has no dual clip: set None for parity).",
     )
     aggregation: Aggregation = Field(
         default="token-mean",
@@ -33,6 +37,12 @@ class PolicyLossConfig(BaseModel):
         default="token",
         description="token (PPO/GRPO) or sequence (GSPO: ratio = exp(mean masked log-ratio), clipped per sequence; "
         "requires aggregation seq-mean-token-mean).",
+    )
+    seq_mean_denominator: SeqMeanDenominator = Field(
+        default="masked_sequences",
+        description="seq-mean-token-mean only: the sequences the mean runs over. masked_sequences (sequences with "
+        "at least one masked token, as OpenRLHF) or all_sequences (every sequence, as verl; a sequence with no "
+        "masked token then counts as a 0 term).",
     )
     norm_length: int | None = Field(
         default=None, description="Constant divisor of seq-mean-token-sum-norm (the max response length); >= 1."
@@ -53,6 +63,11 @@ class PolicyLossConfig(BaseModel):
         if self.ratio_level == "sequence" and self.aggregation != "seq-mean-token-mean":
             raise ValueError(
                 f"ratio_level='sequence' (GSPO) requires aggregation='seq-mean-token-mean', got {self.aggregation!r}"
+            )
+        if self.seq_mean_denominator != "masked_sequences" and self.aggregation != "seq-mean-token-mean":
+            raise ValueError(
+                f"seq_mean_denominator={self.seq_mean_denominator!r} only applies to seq-mean-token-mean, not "
+                f"{self.aggregation!r}: remove it"
             )
         if self.aggregation == "seq-mean-token-sum-norm":
             if self.norm_length is None or self.norm_length < 1:

@@ -1,43 +1,24 @@
-"""Fixtures of the controller unit tests: one embedded Redis per session, a unique run id per test.
-
-Each test deletes only its own run's keys; nothing is flushed.
+"""Fixtures of the controller unit tests. Redis comes from tests/redis_fixtures.py (`run_id`, `redis_client`,
+`embedded_redis_url`); this tier runs on the session's embedded Redis only, never the shared server.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 
-from services.controller.state import run_keys
 from services.core.config import RunConfig
-from services.core.redis_conn import EmbeddedRedis, connect
 from services.core.schedule import Phase
 from services.core.wire import StepReport
 from tests.run_configs import run_config
 
 
-@pytest.fixture(scope="session")
-def embedded_redis_url() -> Iterator[str]:
-    with EmbeddedRedis() as server:
-        yield server.url
-
-
 @pytest.fixture
-def redis_client(embedded_redis_url: str) -> Iterator[redis.Redis]:
-    client = connect(embedded_redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def run_id(redis_client: redis.Redis) -> Iterator[str]:
-    run = f"ut-ctl-{uuid.uuid4().hex[:12]}"
-    yield run
-    redis_client.delete(*run_keys(run))
+def redis_url(embedded_redis_url: str) -> str:
+    """Unit tier: the embedded Redis only (overrides the suite's server + embedded parametrization)."""
+    return embedded_redis_url
 
 
 @pytest.fixture

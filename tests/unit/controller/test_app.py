@@ -261,7 +261,7 @@ def test_metrics_show_the_run_backlog_and_dead_letters(
     try:
         prompts = RedisStreamQueue(redis_client, PROMPTS, run_id)
         for i in range(3):
-            prompts.publish(PromptGroup(group_id=f"g{i}", prompt="p", label="1", data_source="gsm8k", n=2))
+            prompts.publish(PromptGroup(group_id=f"g{i}", step=1, prompt="p", label="1", data_source="gsm8k", n=2))
         prompts.read("worker-a", count=1)
         prompts.publish_fields({"garbage": b"\xff"})
         prompts.read("worker-a", count=5)  # the undecodable entry goes straight to the dead letters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Callable, Iterator
 
@@ -14,6 +15,7 @@ from services.controller.client import ControllerClient, ControllerRequestError,
 from services.controller.schemas import RunStatus
 from services.controller.settings import ControllerSettings
 from services.core.config import RunConfig
+from services.core.retry import RetryPolicy
 from services.core.wire import StepReport
 
 TOKEN = "client-token"
@@ -42,6 +44,13 @@ def scripted(answers: list[int | Exception]) -> tuple[httpx.Client, list[str]]:
         return httpx.Response(answer, json=body if answer >= 400 else STATUS_BODY)
 
     return httpx.Client(base_url="http://controller", transport=httpx.MockTransport(handle)), seen
+
+
+class TopOfWindow(random.Random):
+    """Jitter always draws the largest allowed delay, so the backoff ceilings are observable."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
 
 
 def test_typed_round_trip(controller: ControllerClient, run_id: str) -> None:
@@ -90,10 +99,12 @@ def test_pause_and_wait_until_resumed(embedded_redis_url: str, make_run_config: 
 def test_retries_5xx_then_succeeds_with_growing_backoff() -> None:
     http, seen = scripted([503, 502, 200])
     sleeps: list[float] = []
-    client = ControllerClient("http://controller", http_client=http, sleep=sleeps.append, backoff_s=0.1)
+    retry = RetryPolicy(max_attempts=4, base_delay_s=0.1, max_delay_s=2.0)
+    client = ControllerClient(
+        "http://controller", http_client=http, sleep=sleeps.append, retry=retry, rng=TopOfWindow()
+    )
     assert client.get_status().run_id == "scripted"
-    assert len(seen) == 3 and len(sleeps) == 2
-    assert 0.1 <= sleeps[0] <= 0.125 and 0.2 <= sleeps[1] <= 0.25
+    assert len(seen) == 3 and sleeps == [0.1, 0.2]
 
 
 def test_never_retries_4xx() -> None:
@@ -107,25 +118,21 @@ def test_never_retries_4xx() -> None:
 def test_gives_up_after_bounded_attempts() -> None:
     http, seen = scripted([httpx.ConnectError("refused"), 500])
     sleeps: list[float] = []
-    client = ControllerClient(
-        "http://controller", http_client=http, sleep=sleeps.append, max_attempts=5, backoff_s=1.0, backoff_max_s=2.0
-    )
-    with pytest.raises(ControllerUnavailableError, match="after 5 attempts: controller answered 500"):
+    retry = RetryPolicy(max_attempts=5, base_delay_s=1.0, max_delay_s=2.0)
+    client = ControllerClient("http://controller", http_client=http, sleep=sleeps.append, retry=retry)
+    with pytest.raises(ControllerUnavailableError, match="after 5 attempts: controller answered 500") as err:
         client.get_phase()
-    assert len(seen) == 5 and len(sleeps) == 4 and max(sleeps) <= 2.0 * 1.25
+    assert len(seen) == 5 and len(sleeps) == 4 and all(0.0 <= s <= 2.0 for s in sleeps)
+    assert isinstance(err.value.__cause__, ControllerRequestError) and err.value.__cause__.status_code == 500
 
 
 def test_unreachable_controller_is_unavailable() -> None:
     with socket.socket() as sock:  # a port nobody listens on: bound, never listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        client = ControllerClient(f"http://127.0.0.1:{port}", max_attempts=2, sleep=lambda _: None, timeout_s=1.0)
+        retry = RetryPolicy(max_attempts=2)
+        client = ControllerClient(f"http://127.0.0.1:{port}", retry=retry, sleep=lambda _: None, timeout_s=1.0)
         with client:
             assert client.ready() is False
             with pytest.raises(ControllerUnavailableError, match="ConnectError"):
                 client.get_schedule()
-
-
-def test_rejects_zero_attempts() -> None:
-    with pytest.raises(ValueError, match="max_attempts"):
-        ControllerClient("http://controller", max_attempts=0)

@@ -31,7 +31,7 @@ class FakeClock:
 
 
 def prompt(i: int) -> PromptGroup:
-    return PromptGroup(group_id=f"g{i}", prompt=f"q{i}", label=str(i), data_source="math", n=4, created_at=1.0)
+    return PromptGroup(group_id=f"g{i}", step=1, prompt=f"q{i}", label=str(i), data_source="math", n=4, created_at=1.0)
 
 
 def make(clock: FakeClock | None = None, **settings: int | float) -> InMemoryQueue[PromptGroup]:

@@ -32,13 +32,15 @@ def test_worked_values_by_progress(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", sorted(WORKED))
 def test_worked_values_by_step(mode: str) -> None:
-    """max_step = 100: step s has progress s / 100; s = 0 is not a step, so p = 0 is checked via step 0's value."""
-    sched = _schedule(mode)
-    assert (sched.min_step, sched.max_step) == (0, 100)
-    for p, want in zip(PROGRESS[1:], WORKED[mode][1:], strict=True):
-        phase = sched.phase(round(p * 100))
+    """A 100-step ramp from step 20 to 120: step 20 + 100 p has progress p, so p = 0 is a real step (min_step)."""
+    sched = _schedule(mode, total=200, min_ratio=0.1, max_ratio=0.6)
+    assert (sched.min_step, sched.max_step) == (20, 120)
+    for p, want in zip(PROGRESS, WORKED[mode], strict=True):
+        phase = sched.phase(20 + round(p * 100))
         assert phase.progress == pytest.approx(p)
         assert phase.ratio == pytest.approx(want, abs=1e-4)
+    assert sched.phase(20).progress == 0.0 and sched.phase(20).stage == "warmup"
+    assert sched.phase(1).ratio == pytest.approx(WORKED[mode][0], abs=1e-4)  # before the ramp: the p = 0 value
 
 
 def test_sigmoid_hits_both_ends_exactly() -> None:
@@ -47,7 +49,7 @@ def test_sigmoid_hits_both_ends_exactly() -> None:
 
 
 def test_gamma_starts_at_m0_to_the_gamma() -> None:
-    assert curve_value("gamma", 0.0, 0.9, 3.0) == pytest.approx(0.9**3)
+    assert curve_value("gamma", 0.0, 0.9, 3.0) == pytest.approx(0.729)
 
 
 @pytest.mark.parametrize("mode", ["linear", "sigmoid", "gamma"])

@@ -21,6 +21,7 @@ PHASE = Phase(step=3, progress=0.25, ratio=0.7425, stage="anneal")
 def scored(**overrides: object) -> ScoredGroup:
     data: dict[str, object] = {
         "group_id": "g-1",
+        "step": 3,
         "data_source": "gsm8k",
         "prompt_token_ids": [1, 2, 3],
         "response_token_ids": [[4, 5], [6], []],
@@ -51,9 +52,11 @@ def assert_lossless(message: WireModel) -> None:
 
 
 MESSAGES = [
-    PromptGroup(group_id="p-1", prompt="What is 2+2? ∑ 🙂", label="4", data_source="gsm8k", n=8),
-    PromptGroup(group_id="p-2", prompt="", label="", data_source="math", n=1, prompt_token_ids=[0, TOKEN_ID_LIMIT - 1]),
-    PromptGroup(group_id="p-3", prompt="x", label="y", data_source="math", n=2, prompt_token_ids=[]),
+    PromptGroup(group_id="p-1", step=1, prompt="What is 2+2? ∑ 🙂", label="4", data_source="gsm8k", n=8),
+    PromptGroup(
+        group_id="p-2", step=2, prompt="", label="", data_source="math", n=1, prompt_token_ids=[0, TOKEN_ID_LIMIT - 1]
+    ),
+    PromptGroup(group_id="p-3", step=3, prompt="x", label="y", data_source="math", n=2, prompt_token_ids=[]),
     scored(),
     scored(logprobs=None),
     scored(response_token_ids=[[]], logprobs=[[]], rewards=[0.0], reward_status=["error"], timings={}),
@@ -77,6 +80,7 @@ def scored_groups(draw: st.DrawFn) -> ScoredGroup:
     logprobs = [draw(st.lists(finite, min_size=len(r), max_size=len(r))) for r in responses] if with_logprobs else None
     return ScoredGroup(
         group_id=draw(st.text(st.characters(blacklist_categories=["Cs", "Zs", "Cc", "Zl", "Zp"]), min_size=1)),
+        step=draw(st.integers(1, 10**6)),
         data_source=draw(st.text(min_size=1)),
         prompt_token_ids=draw(tokens),
         response_token_ids=responses,
@@ -144,7 +148,7 @@ def test_wire_types_are_frozen() -> None:
 
 def test_prompt_group_needs_at_least_one_sample() -> None:
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
-        PromptGroup(group_id="p", prompt="q", label="a", data_source="math", n=0)
+        PromptGroup(group_id="p", step=1, prompt="q", label="a", data_source="math", n=0)
 
 
 def test_message_ids() -> None:

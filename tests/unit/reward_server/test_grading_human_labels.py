@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reward_server.scorers import score
-from services.rollout.replay import load_recorded_gsm8k
+from services.rollout.backends.replay import load_recorded_gsm8k
 from tests.shared_data import require_shared_data
 
 

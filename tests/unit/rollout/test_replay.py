@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.rollout.replay import RECORDED_MODELS, ReplayBackend, byte_token_ids, load_recorded_gsm8k
+from services.rollout.backends.replay import RECORDED_MODELS, ReplayBackend, byte_token_ids, load_recorded_gsm8k
 from tests.shared_data import require_shared_data
 
 

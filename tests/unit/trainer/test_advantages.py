@@ -33,17 +33,29 @@ def test_all_equal_group_is_exactly_zero_even_when_the_mean_rounds() -> None:
 
 
 def test_group_ids_may_be_strings_or_tensors() -> None:
-    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    by_str = compute_group_advantages(rewards, ["p1", "p2", "p1", "p2"])
-    by_tensor = compute_group_advantages(rewards, torch.tensor([5, 6, 5, 6]))
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.5, 0.5, 1.0], dtype=torch.float64)
+    by_str = compute_group_advantages(rewards, ["p1", "p2", "p1", "p2", "p1", "p2"])
+    by_tensor = compute_group_advantages(rewards, torch.tensor([5, 6, 5, 6, 5, 6]))
     assert torch.equal(by_str, by_tensor)
-    assert by_str.tolist() == [0.0, 0.0, 0.0, 0.0]
+    # each group holds {1, 0, 0.5}: mean 0.5, unbiased std 0.5 -> A = +-0.5 / (0.5 + 1e-6), 0
+    a = 0.5 / (0.5 + 1e-6)
+    assert by_str.tolist() == pytest.approx([a, -a, -a, 0.0, 0.0, a], rel=1e-12)
+    assert by_str[3] == 0.0 and by_str[4] == 0.0
 
 
 def test_integer_rewards_give_float64() -> None:
     out = compute_group_advantages(torch.tensor([1, 0]), [0, 0])
     assert out.dtype == torch.float64
-    assert out.tolist() == pytest.approx([0.5 / (math.sqrt(0.5) + 1e-6), -0.5 / (math.sqrt(0.5) + 1e-6)])
+    # mean 0.5, unbiased std sqrt(0.5) = 0.70710678: A = +-0.5 / 0.70710778 = +-0.70710578
+    assert out.tolist() == pytest.approx([0.7071057811, -0.7071057811], rel=1e-9)
+
+
+def test_bf16_log_ratio_gives_a_float32_sequence_mean() -> None:
+    # 257 masked tokens: bf16 cannot hold 257 (it rounds to 256), so the count must not be cast to bf16.
+    log_ratio = torch.full((1, 300), 0.5, dtype=torch.bfloat16)
+    mask = torch.arange(300).unsqueeze(0) < 257
+    out = sequence_log_ratio(log_ratio, mask)
+    assert out.dtype == torch.float32 and out.tolist() == [0.5]
 
 
 def test_bad_inputs_raise() -> None:

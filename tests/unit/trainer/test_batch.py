@@ -14,7 +14,7 @@ PHASE = Phase(step=1, progress=0.0, ratio=0.5, stage="anneal")
 
 def _group(gid: str, responses: list[list[int]], rewards: list[float], logprobs: bool = False) -> ScoredGroup:
     return ScoredGroup(
-        group_id=gid, data_source="gsm8k", prompt_token_ids=[1, 2], response_token_ids=responses,
+        group_id=gid, step=1, data_source="gsm8k", prompt_token_ids=[1, 2], response_token_ids=responses,
         logprobs=[[-0.5] * len(r) for r in responses] if logprobs else None, rewards=rewards,
         reward_status=["ok"] * len(responses), policy_version=0, phase=PHASE,
     )  # fmt: skip

@@ -57,10 +57,10 @@ def test_tp_ratio_close_to_one_keeps_the_last_token_only() -> None:
     assert _rows(tp_loss_mask(torch.tensor([3]), 3, 1.0)) == [[0, 0, 1]]
 
 
-def test_tp_uses_python_float64_floor() -> None:
-    assert math.floor(100 * 0.29) == 28  # 28.999999999999996
+def test_tp_uses_the_float64_product_floor() -> None:
+    # SPEC §3.1: floor(L * r) on the float64 product; 100 * 0.29 = 28.999999999999996, so 28 (not 29) are excluded.
     mask = tp_loss_mask(torch.tensor([100]), width=100, ratio=0.29)
-    assert int(mask.sum()) == 72
+    assert int((~mask[0]).sum()) == 28
     assert not bool(mask[0, :28].any()) and bool(mask[0, 28:].all())
 
 
@@ -163,6 +163,27 @@ def test_entropy_shaped_advantages_broadcasts_sequence_advantages_and_detaches_e
 def test_entropy_shaped_advantages_rejects_bad_kappa(kappa: float) -> None:
     with pytest.raises(ValueError, match="kappa"):
         entropy_shaped_advantages(torch.ones(1), torch.ones(1, 1), torch.ones(1, 1), scale=1.0, kappa=kappa)
+
+
+@pytest.mark.parametrize("alpha", [-0.4, -1e-9, math.inf])
+def test_entropy_shaped_advantages_rejects_bad_alpha(alpha: float) -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        entropy_shaped_advantages(torch.ones(1), torch.ones(1, 1), torch.ones(1, 1), scale=1.0, alpha=alpha)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_entropy_shaped_advantages_rejects_non_finite_entropy_on_masked_tokens(bad: float) -> None:
+    mask = torch.tensor([[1, 1, 0]])
+    out = entropy_shaped_advantages(torch.ones(1), torch.tensor([[1.0, 0.5, bad]]), mask, scale=1.0)
+    _close(out, [[1.4, 1.2, 0.0]])  # off the mask anything goes
+    with pytest.raises(ValueError, match="finite"):
+        entropy_shaped_advantages(torch.ones(1), torch.tensor([[bad, 0.5, 1.0]]), mask, scale=1.0)
+
+
+def test_entropy_shaped_advantages_clamps_round_off_negative_entropy_at_zero() -> None:
+    entropy = torch.tensor([[-1e-7, -3e-12, 0.0]], dtype=torch.float64)
+    out = entropy_shaped_advantages(torch.tensor([1.0], dtype=torch.float64), entropy, torch.ones(1, 3), scale=1.0)
+    assert out.tolist() == [[1.0, 1.0, 1.0]]  # psi = min(alpha * max(H, 0), |A| / kappa) = 0, exactly
 
 
 # ---------------------------------------------------------------- entry point

@@ -49,18 +49,25 @@ def _gold_answer(solution: str, line_no: int) -> str:
 def load_recorded_gsm8k(path: str | Path) -> list[RecordedProblem]:
     """Parse the recorded-solutions file; every malformed line is an error naming the line."""
     problems = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"replay data {path} cannot be read: {exc}") from None
+    for line_no, line in enumerate(lines, start=1):
+        try:
             row = json.loads(line)
-            missing = [key for key in ("question", "ground_truth", *RECORDED_MODELS) if key not in row]
-            if missing:
-                raise ValueError(f"{path} line {line_no}: missing fields {missing}")
-            samples = tuple(
-                RecordedSample(text=row[m]["solution"], human_correct=bool(row[m]["is_correct"]))
-                for m in RECORDED_MODELS
-            )
-            gold = _gold_answer(row["ground_truth"], line_no)
-            problems.append(RecordedProblem(f"gsm8k-{line_no:05d}", row["question"], gold, samples))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {line_no}: not valid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {line_no}: expected a JSON object, got {type(row).__name__}")
+        missing = [key for key in ("question", "ground_truth", *RECORDED_MODELS) if key not in row]
+        if missing:
+            raise ValueError(f"{path} line {line_no}: missing fields {missing}")
+        samples = tuple(
+            RecordedSample(text=row[m]["solution"], human_correct=bool(row[m]["is_correct"])) for m in RECORDED_MODELS
+        )
+        gold = _gold_answer(row["ground_truth"], line_no)
+        problems.append(RecordedProblem(f"gsm8k-{line_no:05d}", row["question"], gold, samples))
     if not problems:
         raise ValueError(f"{path} holds no recorded problems")
     return problems
@@ -77,15 +84,23 @@ class ReplayBackend:
     def max_samples(self) -> int:
         return min(len(p.samples) for p in self._problems)
 
+    def check_samples(self, n: int) -> None:
+        """Refuse a group size the recorded data cannot supply."""
+        if n > self.max_samples:
+            raise ValueError(
+                f"rollout.samples_per_prompt={n} but the replay data holds only {self.max_samples} recorded "
+                "solutions per problem: lower samples_per_prompt"
+            )
+
     def prompt_groups(self, step: int, count: int, n: int) -> list[PromptGroup]:
         """The `count` prompt groups of a 1-based step, cycling through the problems in file order."""
-        if n > self.max_samples:
-            raise ValueError(f"samples_per_prompt={n} but the replay data holds {self.max_samples} per problem")
+        self.check_samples(n)
         first = (step - 1) * count
         chosen = [self._problems[(first + i) % len(self._problems)] for i in range(count)]
         return [
             PromptGroup(
                 group_id=f"s{step}-{p.problem_id}",
+                step=step,
                 prompt=p.question,
                 label=p.gold,
                 data_source=DATA_SOURCE,
@@ -95,8 +110,18 @@ class ReplayBackend:
             for p in chosen
         ]
 
+    def token_ids(self, text: str) -> list[int]:
+        return byte_token_ids(text)
+
     def generate(self, group: PromptGroup) -> list[RecordedSample]:
-        problem_id = group.group_id.split("-", 1)[1]
+        return list(self._problem(group.group_id).samples[: group.n])
+
+    def human_labels(self, group_id: str, n: int) -> list[bool]:
+        """The human correctness labels of a group's first `n` recorded samples (to audit the reward server)."""
+        return [sample.human_correct for sample in self._problem(group_id).samples[:n]]
+
+    def _problem(self, group_id: str) -> RecordedProblem:
+        problem_id = group_id.split("-", 1)[-1]
         if problem_id not in self._by_id:
-            raise ValueError(f"prompt group {group.group_id!r} is not from this replay data")
-        return list(self._by_id[problem_id].samples[: group.n])
+            raise ValueError(f"prompt group {group_id!r} is not from this replay data")
+        return self._by_id[problem_id]

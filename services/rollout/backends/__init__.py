@@ -1,0 +1,1 @@
+"""Generation backends: replay (recorded text) today; hf and vllm come with the rollout workers."""

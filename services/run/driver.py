@@ -1,0 +1,182 @@
+"""The pipeline driver: takes endpoints, runs the steps the controller says are left, one at a time.
+
+A step, top to bottom (DESIGN.md §1): wait while paused -> feed the step's prompt groups -> rollout (generate,
+score, publish) until the trainer holds exactly the step's groups -> the training step at the controller's phase
+-> report to the controller -> ack the consumed rollouts -> append the step to the run folder.
+Until the DeepSpeed trainer exists the training step stops before the weight update (policy version 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from reward_server.client import RewardClient
+from services.controller.client import ControllerClient, ControllerRequestError
+from services.core.config import RunConfig
+from services.core.queues import PROMPTS, ROLLOUTS, new_consumer_name
+from services.core.redis_conn import connect
+from services.core.redis_streams import RedisStreamQueue
+from services.core.schedule import Phase
+from services.core.wire import StepReport
+from services.rollout.backends.replay import ReplayBackend
+from services.rollout.role import RolloutRole
+from services.run.infra import Endpoints
+from services.run.run_dir import RunDirectory
+from trainer.batch import collate_groups
+from trainer.collector import CollectedStep, StepCollector
+from trainer.step import plan_step
+
+READ_BLOCK_MS = 1000
+IDLE_ROUNDS_BEFORE_STUCK = 30  # rounds of READ_BLOCK_MS with nothing produced and nothing arriving
+POLICY_VERSION = 0  # no weight update yet (see the module docstring)
+
+
+class PipelineStuckError(RuntimeError):
+    """A step's groups stopped arriving although its prompts were fed."""
+
+
+@dataclass
+class DriveResult:
+    first_step: int
+    steps_run: int = 0
+    complete: bool = False
+    accounting: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Pipeline:
+    config: RunConfig
+    backend: ReplayBackend
+    controller: ControllerClient
+    prompts: RedisStreamQueue[Any]
+    rollout: RolloutRole
+    collector: StepCollector
+    rollouts: RedisStreamQueue[Any]
+
+
+def drive(
+    config: RunConfig, endpoints: Endpoints, run_dir: RunDirectory, backend: ReplayBackend,
+    *, emit: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> DriveResult:  # fmt: skip
+    """Run every step from the controller's current one to the last; resumable at any point."""
+    client = connect(endpoints.redis_url)
+    with ControllerClient(endpoints.controller_url) as controller, RewardClient(endpoints.reward_url) as reward:
+        prompts = RedisStreamQueue(client, PROMPTS, config.run_id, config.queues)
+        rollouts = RedisStreamQueue(client, ROLLOUTS, config.run_id, config.queues)
+        rollout = RolloutRole(backend, reward, controller, prompts, rollouts, new_consumer_name("rollout"))
+        collector = StepCollector(rollouts, new_consumer_name("trainer"), config.rollout.prompts_per_step)
+        pipe = _Pipeline(config, backend, controller, prompts, rollout, collector, rollouts)
+        start = controller.get_phase()
+        fill_missing_steps(run_dir, controller, start.last_reported_step)
+        result = DriveResult(first_step=start.current_step)
+        # This driver is the run's only consumer: whatever a dead earlier attempt held is ours to finish.
+        result.accounting["adopted_entries"] = rollout.adopt_abandoned() + collector.adopt_abandoned()
+        for step in range(start.current_step, config.total_steps + 1):
+            row = run_step(pipe, step)
+            run_dir.append_step(row)
+            emit(row)
+            result.steps_run += 1
+            for key in ("train/duplicate_groups", "train/leftover_groups", "rollout/stale_prompts"):
+                result.accounting[key] = result.accounting.get(key, 0) + int(row[key])
+        result.complete = controller.get_phase().complete
+    client.close()
+    return result
+
+
+def run_step(pipe: _Pipeline, step: int) -> dict[str, Any]:
+    """One step of the run, as the algorithm reads (see the module docstring)."""
+    pipe.controller.wait_until_resumed()
+    phase = pipe.controller.get_phase(step).phase  # the phase of the step being trained (SPEC §2)
+    feed(pipe, step)
+    collected, stale_prompts = gather_step(pipe, step)
+    batch = collate_groups(collected.groups)
+    plan = plan_step(batch, phase, pipe.config.credit, pipe.config.trainer)
+    metrics: dict[str, float | None] = {
+        **plan.metrics,
+        "train/duplicate_groups": float(collected.duplicates),
+        "train/leftover_groups": float(collected.leftovers),
+        "rollout/stale_prompts": float(stale_prompts),
+        "train/phase_staleness_steps_max": float(max(phase.step - g.phase.step for g in collected.groups)),
+        "reward/human_label_agreement": human_label_agreement(pipe.backend, collected),
+    }
+    generation_phases = sorted({g.phase.step: g.phase for g in collected.groups}.values(), key=lambda p: p.step)
+    report = StepReport(
+        run_id=pipe.config.run_id, step=step, policy_version=POLICY_VERSION, phase=phase,
+        generation_phases=generation_phases, metrics=metrics,
+    )  # fmt: skip
+    report_when_running(pipe.controller, report)
+    pipe.rollouts.ack(collected.entry_ids)  # only after the report: a crash before it redelivers, loses nothing
+    return step_row(phase, metrics)
+
+
+def feed(pipe: _Pipeline, step: int) -> None:
+    """Publish the step's prompt groups, except those already in flight from an interrupted attempt."""
+    in_flight = pipe.collector.group_ids(step) | pipe.rollout.adopted_group_ids()
+    rollout = pipe.config.rollout
+    for group in pipe.backend.prompt_groups(step, rollout.prompts_per_step, rollout.samples_per_prompt):
+        if group.group_id not in in_flight:
+            pipe.prompts.publish(group)
+
+
+def gather_step(pipe: _Pipeline, step: int) -> tuple[CollectedStep, int]:
+    """Alternate rollout and collection until the trainer holds exactly the step's groups."""
+    stale_prompts, idle_rounds = 0, 0
+    while not pipe.collector.poll(step, block_ms=0):
+        produced = pipe.rollout.process_available(block_ms=READ_BLOCK_MS)
+        stale_prompts += produced.stale_prompts
+        if produced.paused:
+            pipe.controller.wait_until_resumed()
+            continue
+        if produced.published or pipe.collector.poll(step, block_ms=READ_BLOCK_MS):
+            idle_rounds = 0
+            continue
+        idle_rounds += 1
+        if idle_rounds >= IDLE_ROUNDS_BEFORE_STUCK:
+            raise PipelineStuckError(
+                f"step {step}: {pipe.collector.have(step)} of {pipe.config.rollout.prompts_per_step} scored groups "
+                f"arrived and nothing moved for {IDLE_ROUNDS_BEFORE_STUCK * READ_BLOCK_MS / 1000:.0f} s; check the "
+                "dead letters (rlvr:<run>:dead) and the service logs"
+            )
+    return pipe.collector.take(step), stale_prompts
+
+
+def report_when_running(controller: ControllerClient, report: StepReport) -> None:
+    """Report the step; while the run is paused the controller refuses it (409 run_paused): hold it, then retry."""
+    while True:
+        try:
+            controller.report_step(report)
+            return
+        except ControllerRequestError as exc:
+            if exc.code != "run_paused":
+                raise
+        controller.wait_until_resumed()
+
+
+def human_label_agreement(backend: ReplayBackend, collected: CollectedStep) -> float:
+    """Share of samples whose reward verdict (1.0 = correct) matches the recorded human label."""
+    verdicts, labels = [], []
+    for group in collected.groups:
+        verdicts += [reward == 1.0 for reward in group.rewards]
+        labels += backend.human_labels(group.group_id, group.n)
+    return sum(v == h for v, h in zip(verdicts, labels, strict=True)) / len(labels)
+
+
+def step_row(phase: Phase, metrics: dict[str, float | None]) -> dict[str, Any]:
+    return {"step": phase.step, "ratio": phase.ratio, "stage": phase.stage, **metrics}
+
+
+def fill_missing_steps(run_dir: RunDirectory, controller: ControllerClient, last_reported: int) -> int:
+    """Steps the controller accepted but steps.jsonl lacks (a crash between report and append) are filled in from
+    the controller's stored reports; torn lines are dropped. Returns how many were filled in."""
+    rows = run_dir.read_steps()
+    have = {row["step"] for row in rows}
+    missing = [step for step in range(1, last_reported + 1) if step not in have]
+    if not missing and run_dir.line_count() == len(rows):
+        return 0
+    for step in missing:
+        stored = controller.get_step(step).report
+        rows.append(step_row(stored.phase, stored.metrics))
+    run_dir.rewrite_steps([row for row in rows if row["step"] <= last_reported])
+    return len(missing)

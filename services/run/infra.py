@@ -1,0 +1,56 @@
+"""Local infrastructure: Redis (embedded, persistent in the run folder, or `REDIS_URL`), the controller and the
+reward server as child processes. It yields the endpoints; the driver takes endpoints, so the same driver runs here
+and inside a Kubernetes job whose services already exist.
+
+Settings reach the children explicitly: the controller gets the run's resolved config file and the Redis URL in
+its environment (a password never appears in a command line), the reward server gets the run config's `reward`
+section as `RLVR_REWARD_*` variables. A conflicting `RLVR_REWARD_*` variable in the launcher's own environment is
+refused by the preflight, never silently overridden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.core.config import RunConfig
+from services.core.redis_conn import EmbeddedRedis
+from services.process import run_service
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a run's services are: what the driver needs, whoever started them."""
+
+    run_id: str
+    redis_url: str
+    controller_url: str
+    reward_url: str
+
+
+@contextlib.contextmanager
+def redis_for_run(redis_url: str | None, data_dir: Path) -> Iterator[str]:
+    """`redis_url` as given, or an embedded server keeping its data in `data_dir` (so the run can resume)."""
+    if redis_url:
+        yield redis_url
+        return
+    with EmbeddedRedis(data_dir, persist=True) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def local_infrastructure(
+    config: RunConfig, *, config_file: Path, redis_url: str | None, run_path: Path, force_schedule: bool = False
+) -> Iterator[Endpoints]:
+    """Start what the run needs on this machine, yield the endpoints, stop everything (children die with us even
+    when we are SIGKILLed). A controller that refuses the run raises `ServiceExitedError` with its reason."""
+    logs = run_path / "logs"
+    controller_args = ["--config", str(config_file), *(["--force-schedule"] if force_schedule else [])]
+    with (
+        redis_for_run(redis_url, run_path / "redis") as url,
+        run_service("controller", controller_args, logs, env={"RLVR_CONTROLLER_REDIS_URL": url}) as controller_url,
+        run_service("reward-server", [], logs, env=config.reward.server_env()) as reward_url,
+    ):
+        yield Endpoints(config.run_id, url, controller_url, reward_url)

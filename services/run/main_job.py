@@ -1,0 +1,79 @@
+"""`rlvr run`: preflight, stage the resolved config, bring up the local infrastructure, drive the run, summarise.
+
+Exit codes: 0 the run is complete; 1 it stopped before the last step; 2 bad config or inputs (nothing written);
+3 the stored run refuses this config (a changed schedule or settings; nothing written); 130/143 interrupted by
+SIGINT/SIGTERM (children stopped; run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.core.config import RunConfig
+from services.core.redis_conn import redact_url
+from services.process import ServiceExitedError
+from services.run.driver import drive
+from services.run.infra import local_infrastructure
+from services.run.preflight import preflight
+from services.run.run_dir import RunDirectory
+
+EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_CONFLICT = 0, 1, 3
+CONTROLLER_REFUSED = 3  # `rlvr controller` exit status for a refused run (services/controller/server.py)
+
+
+class RunConflictError(RuntimeError):
+    """The run already exists with another schedule or other settings."""
+
+
+def run_main_job(
+    config: RunConfig, *, out_dir: Path | None, redis_url: str | None, force_schedule: bool = False
+) -> int:
+    backend = preflight(config)
+    run_dir = RunDirectory(out_dir or Path("runs") / config.run_id)
+    staged = run_dir.stage_config(config)
+    try:
+        with local_infrastructure(
+            config, config_file=staged, redis_url=redis_url, run_path=run_dir.path, force_schedule=force_schedule
+        ) as ends:
+            run_dir.commit_config(config)  # the stored run accepted it
+            print(
+                f"rlvr run {config.run_id}: redis {redact_url(ends.redis_url)}, controller {ends.controller_url}, "
+                f"reward server {ends.reward_url}, output {run_dir.path}",
+                flush=True,
+            )
+            result = drive(config, ends, run_dir, backend, emit=_print_row)
+            summary: dict[str, Any] = {
+                "run_id": config.run_id,
+                "first_step": result.first_step,
+                "steps_run": result.steps_run,
+                "complete": result.complete,
+                "accounting": result.accounting,
+                "controller": scrape(ends.controller_url, "rlvr_controller_"),
+                "reward_server": scrape(ends.reward_url, "rlvr_reward_"),
+            }
+    except ServiceExitedError as exc:
+        run_dir.discard_staged()
+        if exc.name == "controller" and exc.returncode == CONTROLLER_REFUSED:
+            raise RunConflictError(exc.reason.removeprefix("rlvr controller: error: ")) from None
+        raise
+    run_dir.write_summary(summary)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("controller", "reward_server")}), flush=True)
+    return EXIT_COMPLETE if result.complete else EXIT_INCOMPLETE
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+
+
+def scrape(url: str, prefix: str) -> dict[str, float]:
+    """The unlabelled samples of a service's /metrics whose names start with `prefix`."""
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=5.0).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith(prefix) and "{" not in name and value:
+            values[name] = float(value)
+    return values
