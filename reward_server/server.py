@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from reward_server.app import create_app
 from reward_server.settings import RewardSettings
+from services.core.config import format_validation_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_from_args(argv)
     except ValidationError as exc:
-        build_parser().print_usage(sys.stderr)
-        print(f"invalid reward-server settings:\n{exc}", file=sys.stderr)
+        print(f"rlvr reward-server: error: invalid settings: {format_validation_error(exc)}", file=sys.stderr)
         return 2
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
