@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_list)
     try:
         result: int = args.func(args)
+        sys.stdout.flush()  # a reader that already left breaks the pipe here, inside the handler below
     except ConfigError as exc:  # configuration errors: say what is wrong, no traceback
         print(f"rlvr {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

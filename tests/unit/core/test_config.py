@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
+from pydantic import BaseModel
 
-from services.core.config import apply_overrides, load_run_config, parse_override
+from services.core.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    config_differences,
+    load_run_config,
+    parse_override,
+)
+from services.core.config.paths import PATH_FIELDS, DataPath
 
 PRESETS = Path(__file__).resolve().parents[3] / "deploy" / "presets"
 
@@ -57,3 +67,130 @@ def test_bad_files_and_fields_are_loud(tmp_path: Path) -> None:
         load_run_config(PRESETS / "tiny-cpu.toml", ["run_id=Bad Id!"])
     with pytest.raises(ValueError, match="max_step=0 <= min_step=0"):
         load_run_config(PRESETS / "tiny-cpu.toml", ["total_steps=1"])
+
+
+# ---- paths, round trips, fingerprints, bounds, messages
+
+MINIMAL_TOML = """
+run_id = "paths"
+total_steps = 10
+[schedule]
+mode = "linear"
+max_ratio = 0.8
+[rollout.backend]
+type = "replay"
+path = "data/x.jsonl"
+"""
+
+
+def _write_minimal(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.toml"
+    path.write_text(MINIMAL_TOML)
+    return path
+
+
+def test_a_relative_path_in_a_file_is_relative_to_the_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = _write_minimal(tmp_path / "cfg")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_run_config(toml)
+    assert cfg.rollout.backend.path == str(tmp_path / "cfg" / "data" / "x.jsonl")
+    assert Path(cfg.rollout.backend.path).is_absolute()
+
+
+def test_a_relative_path_on_the_command_line_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = _write_minimal(tmp_path / "cfg")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    cfg = load_run_config(toml, ["rollout.backend.path=rel.jsonl"])
+    assert cfg.rollout.backend.path == str(cwd / "rel.jsonl")
+    absolute = load_run_config(toml, [f'rollout.backend.path="{tmp_path / "abs.jsonl"}"'])
+    assert absolute.rollout.backend.path == str(tmp_path / "abs.jsonl")
+
+
+def test_the_resolved_config_round_trips_through_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_run_config(_write_minimal(tmp_path / "cfg"), ["credit.strategy=none", "reward.workers=3"])
+    resolved = tmp_path / "out" / "config.json"
+    resolved.parent.mkdir()
+    resolved.write_text(cfg.model_dump_json(indent=2))
+    monkeypatch.chdir(tmp_path / "out")  # absolute paths do not move with the file or the working directory
+    again = load_run_config(resolved)
+    assert again == cfg and again.fingerprint() == cfg.fingerprint()
+
+
+def test_fingerprint_ignores_operational_settings_only() -> None:
+    base = load_run_config(PRESETS / "tiny-cpu.toml")
+    assert load_run_config(PRESETS / "tiny-cpu.toml", ["reward.workers=7"]).fingerprint() == base.fingerprint()
+    for override in ("credit.strategy=none", "rollout.prompts_per_step=8"):
+        assert load_run_config(PRESETS / "tiny-cpu.toml", [override]).fingerprint() != base.fingerprint(), override
+
+
+def test_config_differences_name_the_changed_field() -> None:
+    base = load_run_config(PRESETS / "tiny-cpu.toml")
+    other = load_run_config(PRESETS / "tiny-cpu.toml", ["credit.strategy=none"])
+    assert config_differences(base.fingerprinted(), other.fingerprinted()) == ["credit.strategy: 'tp' -> 'none'"]
+    assert config_differences(base.fingerprinted(), base.fingerprinted()) == []
+    assert config_differences({"a": {"b": 1}}, {"a": {}}) == ["a.b: 1 -> '(absent)'"]
+
+
+def test_total_steps_bound() -> None:
+    assert load_run_config(PRESETS / "tiny-cpu.toml", ["total_steps=100000"]).total_steps == 100_000
+    with pytest.raises(ConfigError, match="total_steps: Input should be less than or equal to 100000"):
+        load_run_config(PRESETS / "tiny-cpu.toml", ["total_steps=100001"])
+
+
+@pytest.mark.parametrize("strategy", ["forking", "entropy_adv"])
+def test_entropy_strategies_are_refused_with_replay(strategy: str) -> None:
+    with pytest.raises(ConfigError, match=f"credit.strategy='{strategy}' needs per-token entropies"):
+        load_run_config(PRESETS / "tiny-cpu.toml", [f"credit.strategy={strategy}"])
+
+
+@pytest.mark.parametrize(
+    ("override", "where"),
+    [
+        ("rollout.prompts_per_step=0", "rollout.prompts_per_step: "),
+        ("reward.workers=x", "reward.workers: "),
+        ("schedule.mode=cosine", "schedule.mode: "),
+        ("credit.entropy_kappa=0", "credit.entropy_kappa: "),
+        ("trainer.policy_loss.clip_eps_low=1.5", "trainer.policy_loss: "),
+    ],
+)
+def test_error_messages_name_the_field_without_pydantic_links(override: str, where: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_run_config(PRESETS / "tiny-cpu.toml", [override])
+    message = str(err.value)
+    assert where in message and "tiny-cpu.toml" in message and override in message
+    assert "errors.pydantic.dev" not in message and "\n" not in message
+
+
+_DATA_PATH_MARKS = get_args(DataPath)[1:]
+
+
+def _data_path_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    found: set[tuple[str, ...]] = set()
+    for name, info in model.model_fields.items():
+        key = (*prefix, name)
+        if any(mark in _DATA_PATH_MARKS for mark in info.metadata):
+            found.add(key)
+        for sub in _models_in(info.annotation):
+            found |= _data_path_fields(sub, key)
+    return found
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def test_path_fields_lists_every_data_path_of_the_schema() -> None:
+    assert _DATA_PATH_MARKS  # DataPath carries its validator, which is how fields are recognised
+    assert set(PATH_FIELDS) == _data_path_fields(RunConfig)
+    assert len(PATH_FIELDS) == len(set(PATH_FIELDS))

@@ -1,0 +1,83 @@
+"""Preflight: the environment must not contradict the config, the replay data must hold what the config asks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.core.config import ConfigError, RunConfig
+from services.rollout.backends.replay import RECORDED_MODELS
+from services.run.preflight import check_environment, load_backend
+from tests.run_configs import run_config
+
+
+def _row(answer: str = "A: 1,234") -> dict[str, object]:
+    row: dict[str, object] = {"question": "q?", "ground_truth": f"work\n{answer}"}
+    row.update({m: {"solution": f"{m} says 7", "is_correct": m.startswith("175b")} for m in RECORDED_MODELS})
+    return row
+
+
+def _replay_config(path: Path, samples_per_prompt: int = 4, **reward: Any) -> RunConfig:
+    rollout = {"backend": {"type": "replay", "path": str(path)}, "samples_per_prompt": samples_per_prompt}
+    return run_config("preflight-test", 10, rollout=rollout, reward=reward)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_contradicting_reward_variable_is_refused_by_name(tmp_path: Path) -> None:
+    config = _replay_config(tmp_path / "x.jsonl", workers=2)
+    with pytest.raises(ConfigError, match="RLVR_REWARD_WORKERS=3") as err:
+        check_environment(config, {"RLVR_REWARD_WORKERS": "3"})
+    assert "the run config says 2" in str(err.value)
+
+
+def test_a_non_number_is_a_contradiction(tmp_path: Path) -> None:
+    config = _replay_config(tmp_path / "x.jsonl")
+    with pytest.raises(ConfigError, match="RLVR_REWARD_ITEM_TIMEOUT_S"):
+        check_environment(config, {"RLVR_REWARD_ITEM_TIMEOUT_S": "five"})
+
+
+def test_equal_values_written_differently_are_accepted(tmp_path: Path) -> None:
+    config = _replay_config(tmp_path / "x.jsonl", workers=2, item_timeout_s=5.0, request_timeout_s=120.0)
+    check_environment(
+        config,
+        {"RLVR_REWARD_WORKERS": "2.0", "RLVR_REWARD_ITEM_TIMEOUT_S": "5", "RLVR_REWARD_REQUEST_TIMEOUT_S": "1.2e2"},
+    )
+
+
+def test_unrelated_variables_are_ignored(tmp_path: Path) -> None:
+    config = _replay_config(tmp_path / "x.jsonl", workers=2)
+    check_environment(config, {"RLVR_REWARD_TOKEN": "x", "RLVR_CONTROLLER_PORT": "1", "PATH": "/bin", "WORKERS": "9"})
+    check_environment(config, {})
+
+
+def test_load_backend_reads_the_data(tmp_path: Path) -> None:
+    data = _write(tmp_path / "ok.jsonl", "".join(json.dumps(_row()) + "\n" for _ in range(3)))
+    backend = load_backend(_replay_config(data, samples_per_prompt=4))
+    assert backend.max_samples == len(RECORDED_MODELS)
+
+
+def test_load_backend_refuses_a_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(ConfigError, match="cannot be read") as err:
+        load_backend(_replay_config(missing))
+    assert str(missing) in str(err.value) and "rollout.backend (replay)" in str(err.value)
+
+
+def test_load_backend_refuses_invalid_json_naming_the_line(tmp_path: Path) -> None:
+    data = _write(tmp_path / "bad.jsonl", json.dumps(_row()) + "\n" + '{"question": \n')
+    with pytest.raises(ConfigError, match="line 2: not valid JSON"):
+        load_backend(_replay_config(data))
+
+
+def test_load_backend_refuses_more_samples_than_recorded(tmp_path: Path) -> None:
+    data = _write(tmp_path / "ok.jsonl", json.dumps(_row()) + "\n")
+    with pytest.raises(ConfigError, match="samples_per_prompt=5") as err:
+        load_backend(_replay_config(data, samples_per_prompt=5))
+    assert "holds only 4" in str(err.value)
