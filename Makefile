@@ -13,8 +13,8 @@ run:  ## the main job on the embedded default (local processes, embedded Redis, 
 test:  ## the full suite: set-up, ruff, mypy, pytest (all but gpu)
 	scripts/test.sh
 
-test-fast:  ## unit tests only (no integration, no slow)
-	$(VENV)/bin/python -m pytest -m "not integration and not slow and not gpu"
+test-fast:  ## the quick loop, as plain pytest: no integration, slow, gpu or e2e tests
+	$(VENV)/bin/python -m pytest -m "not integration and not slow and not gpu and not e2e"
 
 lint:  ## ruff lint + format check, mypy
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy services trainer reward_server

@@ -227,13 +227,14 @@ class ScorerPool:
         return sum(1 for worker in self._workers if worker is not None and worker.alive())
 
     def not_ready_reason(self) -> str | None:
-        """Why the pool cannot score now, or None: starting, closing, or no live worker (all being replaced)."""
+        """Why /readyz answers 503, or None: starting, closing, or no live worker (items then wait in the queue for
+        a replacement, but a balancer had better send new ones elsewhere)."""
         alive = self.alive_workers
         if self._closing:
             return "scorer pool is shutting down"
         if not self._all_up.is_set():
             return f"scorer pool is starting: {alive} of {self._size} workers up"
-        if alive == -1:
+        if alive == 0:
             return "no live scorer worker: every one is being replaced (see rlvr_reward_pool_restarts_total)"
         return None
 
@@ -307,7 +308,7 @@ class ScorerPool:
         while True:
             try:
                 # Cancelling a waiting `get` leaves the queue as it was, so no item is lost to the timeout.
-                return await self._queue.get()
+                return await asyncio.wait_for(self._queue.get(), _IDLE_CHECK_S)
             except TimeoutError:
                 worker = self._workers[index]
                 if worker is None or not worker.alive():

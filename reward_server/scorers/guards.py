@@ -14,7 +14,9 @@ MAX_FACTORIAL_DIGITS: Final = 4
 MAX_NESTING: Final = 40
 MAX_SYMPY_CHARS: Final = 20_000
 
-_BIG_FACTORIAL: Final = re.compile(rf"\d{{{MAX_FACTORIAL_DIGITS + 1},}}\s*!")
+# The lookbehind anchors the run at its first digit: without it a million-digit run is rescanned from every
+# position (quadratic, seconds per item).
+_BIG_FACTORIAL: Final = re.compile(rf"(?<!\d)\d{{{MAX_FACTORIAL_DIGITS + 1},}}\s*!")
 _GROUP_FACTORIAL: Final = re.compile(r"[({]([^(){}]*)[)}]\s*!")
 _BIG_BINOMIAL: Final = re.compile(r"\\(?:binom|dbinom|tbinom|choose)\s*\{?[^}]*\d{5,}")
 _STACKED_POWER: Final = re.compile(r"\^\s*(?:\{[^{}]*\}|\w+)\s*\^")

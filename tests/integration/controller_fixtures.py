@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from services.process import ServiceProcess, start_service
+from tests.run_configs import run_config
 
 TOKEN_ENV = "RLVR_TEST_CONTROLLER_TOKEN"
 TOKEN = "integration-token"
@@ -24,12 +25,10 @@ STARTUP_TIMEOUT_S = 120.0  # a hang guard only: a busy machine may take long to 
 
 @pytest.fixture(name="run_config_file")
 def run_config_file_fixture(tmp_path: Path, run_id: str) -> Path:
-    """A TOML run config for this test's run: 12 steps, linear m0 0.99, ratios 0 -> 0.75 (max_step 9)."""
-    path = tmp_path / "run.toml"
-    path.write_text(
-        f'run_id = "{run_id}"\ntotal_steps = 12\nstrategy = "tp"\n\n'
-        '[schedule]\nmode = "linear"\ninitial_magnitude = 0.99\nmin_ratio = 0.0\nmax_ratio = 0.75\n'
-    )
+    """The resolved config of this test's run: 12 steps, tp, linear m0 0.99, ratios 0 -> 0.75 (max_step 9)."""
+    path = tmp_path / "config.json"
+    config = run_config(run_id, 12, schedule={"max_ratio": 0.75}, credit={"strategy": "tp"})
+    path.write_text(config.model_dump_json())
     return path
 
 

@@ -63,6 +63,7 @@ def test_restart_mid_run_serves_identical_phases(start_controller: StartControll
     assert (current.current_step, current.policy_version, current.paused) == (6, 5, True)
     repeated = client.report_step(reports[-1])  # the trainer's retry of its last report after the restart
     assert repeated.duplicate and repeated.accepted_at == client.get_step(5).accepted_at
+    client.resume()  # a paused run records no new step
     assert not client.report_step(report_for(client, run_id, 6)).duplicate
     assert second.stop(signal.SIGTERM) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a clean shutdown
     assert "Application shutdown complete" in second.log_tail()

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from services.core.config import QueueSettings
+from services.core.keys import run_pattern
 from services.core.queues import PROMPTS, ROLLOUTS, QueueFullError, StreamSpec
 from services.core.redis_conn import connect
 from services.core.redis_streams import RedisStreamQueue, delete_run_streams
@@ -110,16 +111,24 @@ def test_ack_deletes_and_unacked_entries_stay_pending(redis_client: redis.Redis,
 
 def test_reclaim_after_idle_timeout_with_delivery_counts(redis_client: redis.Redis, run_id: str) -> None:
     queue = queue_of(redis_client, run_id, claim_idle_ms=200)
+    patient = queue_of(redis_client, run_id, claim_idle_ms=600_000)  # same group; no test step takes 10 minutes
     queue.publish(prompt(0))
-    [first] = queue.read("crashed")
-    assert queue.reclaim("b") == []  # not idle long enough
-    time.sleep(0.25)
-    [again] = queue.reclaim("b")
-    assert (again.entry_id, again.message, again.delivery_count) == (first.entry_id, prompt(0), 2)
-    assert queue.keepalive("b", [again.entry_id]) == 1
-    time.sleep(0.1)
-    assert queue.reclaim("c") == []  # keepalive reset the idle time
-    assert queue.ack([again.entry_id]) == 1
+    queue.publish(prompt(1))
+    first, second = queue.read("crashed", count=2)
+    assert patient.reclaim("b") == []  # not idle for claim_idle_ms yet
+    time.sleep(0.25)  # past claim_idle_ms; a busy machine only makes the entries idler
+    again = queue.reclaim("b")
+    assert [(d.entry_id, d.message, d.delivery_count) for d in again] == [
+        (first.entry_id, prompt(0), 2), (second.entry_id, prompt(1), 2)
+    ]  # fmt: skip
+    time.sleep(0.01)
+    assert queue.keepalive("b", [first.entry_id]) == 1
+    # One XPENDING reply, one server instant: the kept-alive entry is the less idle one, and was not redelivered.
+    pending = redis_client.xpending_range(queue.key, PROMPTS.group, min="-", max="+", count=10)
+    idle = {p["message_id"].decode(): (p["time_since_delivered"], p["times_delivered"]) for p in pending}
+    assert idle[first.entry_id][0] < idle[second.entry_id][0]
+    assert idle[first.entry_id][1] == idle[second.entry_id][1] == 2
+    assert queue.ack([d.entry_id for d in again]) == 2
 
 
 def test_over_delivered_entries_go_to_dead_letters(redis_client: redis.Redis, run_id: str) -> None:
@@ -166,7 +175,7 @@ def test_dead_letters_are_filtered_by_source_stream(redis_client: redis.Redis, r
     assert [letter.source for letter in prompts.dead_letters()] == [prompts.key]
     assert [letter.source for letter in rollouts.dead_letters()] == [rollouts.key]
     assert prompts.stats().dead == 2  # the dead-letter stream is per run
-    assert sorted(k.decode() for k in redis_client.scan_iter(match=f"rlvr:{run_id}:*")) == [
+    assert sorted(k.decode() for k in redis_client.scan_iter(match=run_pattern(run_id))) == [
         f"rlvr:{run_id}:dead", f"rlvr:{run_id}:prompts", f"rlvr:{run_id}:rollouts"
     ]  # fmt: skip
     assert delete_run_streams(redis_client, run_id) == 3
@@ -194,7 +203,7 @@ def test_backpressure_bounds_the_stream_and_never_drops(redis_client: redis.Redi
     [delivery] = queue.read("a")
     timer = threading.Timer(0.1, queue.ack, args=([delivery.entry_id],))
     timer.start()
-    queue.publish(prompt(3), timeout_s=5)  # waits until the ack makes room
+    queue.publish(prompt(3), timeout_s=120)  # waits until the ack makes room (the timeout is a hang guard)
     timer.join()
     assert [d.message.group_id for d in queue.read("a", count=5)] == ["g1", "g2", "g3"]
 
@@ -224,6 +233,6 @@ def test_read_blocks_for_new_entries_and_guards_the_socket_timeout(
     assert queue.read("a", block_ms=100) == []
     assert time.monotonic() - start >= 0.09
     threading.Timer(0.1, queue_of(connect(redis_url), run_id).publish, args=(prompt(0),)).start()
-    assert [d.message for d in queue.read("a", block_ms=3000)] == [prompt(0)]
+    assert [d.message for d in queue.read("a", block_ms=9000)] == [prompt(0)]  # returns as soon as it comes
     with pytest.raises(ValueError, match=r"not below the client's socket_timeout=10\.0 s"):
         queue.read("a", block_ms=10_000)

@@ -2,8 +2,10 @@
 
 Open loop: request i is sent at t = i / RATE whatever happened to earlier ones, so a server that falls behind shows
 up as latency, not as a politely slower client. Bounded: a fixed number of requests, a cap on requests in flight.
-Pass criteria: no 5xx, no transport error, every request answered with every item in order. The latency summary
-is printed as one JSON line (run with -s to see it) and is reported, not asserted beyond a generous stall guard.
+Pass criteria, what the server promises however busy the machine is: no 5xx, no transport error, every request
+answered with every item in order, every stuck item answered `timeout` by a limit the server itself enforced. The
+latency summary is printed as one JSON line (run with -s to see it) and recorded as a test property; it is reported,
+never bounded.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -30,9 +32,10 @@ RATE_PER_S = 8.0
 BATCH = 8
 MAX_IN_FLIGHT = 64
 ITEM_TIMEOUT_S = 1.0
+REQUEST_DEADLINE_S = 60.0  # the server answers every item of a request within this (items not done: `timeout`)
+CLIENT_TIMEOUT_S = REQUEST_DEADLINE_S + 120.0  # a hang guard, well past the server's own deadline
 HOSTILE_EVERY = 10  # requests; one real pathological item (huge tower, deep braces, ...)
 HANG_EVERY = 40  # requests; one item that never finishes (the worker must be killed)
-STALL_GUARD_S = 30.0
 
 HOSTILE_RESPONSES = [
     "\\boxed{9^{9^{9^9}}}",
@@ -50,13 +53,16 @@ class LoadStats:
     codes: dict[int, int] = field(default_factory=dict)
     item_statuses: dict[str, int] = field(default_factory=dict)
     transport_errors: list[str] = field(default_factory=list)
+    hung_answers: list[tuple[str, str]] = field(default_factory=list)  # (status, detail) of each HANG item
     lost: int = 0
     sent: int = 0
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RewardServerProcess]:
-    with run_reward_server(tmp_path_factory.mktemp("load"), workers=2, item_timeout_s=ITEM_TIMEOUT_S, stub=True) as s:
+    env = {"RLVR_REWARD_REQUEST_TIMEOUT_S": str(REQUEST_DEADLINE_S)}
+    log_dir = tmp_path_factory.mktemp("load")
+    with run_reward_server(log_dir, workers=2, item_timeout_s=ITEM_TIMEOUT_S, stub=True, env=env) as s:
         yield s
 
 
@@ -87,8 +93,10 @@ async def _one(client: httpx.AsyncClient, items: list[dict[str, str]], stats: Lo
     results = response.json()["results"]
     if [r["id"] for r in results] != [i["id"] for i in items]:
         stats.lost += 1
-    for r in results:
+    for r, item in zip(results, items, strict=False):
         stats.item_statuses[r["status"]] = stats.item_statuses.get(r["status"], 0) + 1
+        if item["response"] == HANG:
+            stats.hung_answers.append((r["status"], r.get("detail") or ""))
 
 
 async def _run_load(url: str, cases: list[dict[str, str]]) -> tuple[LoadStats, float]:
@@ -101,7 +109,7 @@ async def _run_load(url: str, cases: list[dict[str, str]]) -> tuple[LoadStats, f
         async with in_flight:
             await _one(client, items, stats)
 
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=CLIENT_TIMEOUT_S, limits=limits) as client:
         started = time.perf_counter()
         tasks = []
         for i in range(total):
@@ -117,7 +125,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def test_steady_rate_with_pathological_items(server: RewardServerProcess) -> None:
+def test_steady_rate_with_pathological_items(
+    server: RewardServerProcess, record_property: Callable[[str, object], None]
+) -> None:
     assert server.url.startswith("http://127.0.0.1:")  # loopback only
     stats, wall_s = asyncio.run(_run_load(server.url, read_shared_jsonl("grading/cases.jsonl")))
     summary = {
@@ -135,10 +145,14 @@ def test_steady_rate_with_pathological_items(server: RewardServerProcess) -> Non
         "latency_max_ms": round(1000 * max(stats.latencies_s), 1),
     }
     print(json.dumps(summary))
+    record_property("load_summary", summary)
     assert not stats.transport_errors, stats.transport_errors[:3]
     assert not any(code >= 500 for code in stats.codes), summary
     assert stats.codes.get(200) == stats.sent and stats.lost == 0, summary
-    assert stats.item_statuses.get("timeout", 0) >= stats.sent // HANG_EVERY, summary
-    assert max(stats.latencies_s) < STALL_GUARD_S, summary
+    # Each stuck item was stopped by the server: at its item limit, or by the request deadline if it queued long.
+    assert len(stats.hung_answers) == len([i for i in range(stats.sent) if i % HANG_EVERY == HANG_EVERY // 2])
+    item_limit = f"scoring exceeded the {ITEM_TIMEOUT_S:.2f}s item wall-clock limit; worker killed"
+    stopped = [s == "timeout" and (d == item_limit or "request deadline" in d) for s, d in stats.hung_answers]
+    assert all(stopped), stats.hung_answers
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     assert "Traceback" not in server.log_tail(), server.log_tail()

@@ -1,11 +1,12 @@
-"""Hostile inputs against a real reward server: each is answered within the item timeout + 1 s with a clear status,
-and afterwards the server is healthy, still scores correctly and its memory stayed bounded."""
+"""Hostile inputs against a real reward server: each is answered with a clear status (a stuck one `timeout` at the
+item limit the server enforces), and afterwards the server is healthy, still scores correctly and its memory stayed
+bounded. Client-side latencies are recorded (`record_property`), never bounded: a busy machine is slow, not wrong."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -15,7 +16,8 @@ from tests.service_processes import RewardServerProcess, run_reward_server
 pytestmark = pytest.mark.integration
 
 ITEM_TIMEOUT_S = 2.0
-ANSWER_WITHIN_S = ITEM_TIMEOUT_S + 1.0
+ITEM_LIMIT_DETAIL = f"scoring exceeded the {ITEM_TIMEOUT_S:.2f}s item wall-clock limit; worker killed"
+HANG_GUARD_S = 180.0  # client timeouts: only keep a broken server from hanging the suite
 MEMORY_GROWTH_LIMIT_BYTES = 1024 * 2**20
 ITEM_STATUSES = {"ok", "timeout", "error", "invalid"}
 
@@ -28,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RewardServerPro
 
 @pytest.fixture(scope="module")
 def http(server: RewardServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30.0) as client:
+    with httpx.Client(base_url=server.url, timeout=HANG_GUARD_S) as client:
         yield client
 
 
@@ -68,17 +70,20 @@ HOSTILE_ITEMS: dict[str, dict[str, object]] = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_ITEMS))
-def test_hostile_item_gets_a_status_in_time(http: httpx.Client, baseline_rss: int, name: str) -> None:
+def test_hostile_item_gets_a_clear_status(
+    http: httpx.Client, baseline_rss: int, name: str, record_property: Callable[[str, object], None]
+) -> None:
     body = json.dumps({"items": [HOSTILE_ITEMS[name], _item("\\boxed{2}", "2", item_id="control")]})
     started = time.monotonic()
     response = http.post("/v1/score", content=body, headers={"content-type": "application/json"})
-    elapsed = time.monotonic() - started
+    record_property("answered_after_s", round(time.monotonic() - started, 3))
     assert response.status_code == 200, response.text[:500]
     hostile, control = response.json()["results"]
     assert hostile["status"] in ITEM_STATUSES and hostile["reward"] in (0.0, 1.0)
     assert hostile["status"] == "ok" or hostile.get("detail"), "a non-ok status must say why"
+    if hostile["status"] == "timeout":  # stopped by the server at the item's own limit, not by a request deadline
+        assert hostile["detail"] == ITEM_LIMIT_DETAIL, hostile
     assert (control["status"], control["reward"]) == ("ok", 1.0)
-    assert elapsed <= ANSWER_WITHIN_S, f"{name}: {elapsed:.2f}s ({hostile})"
 
 
 def _nested_json(depth: int) -> bytes:
@@ -115,15 +120,16 @@ HOSTILE_REQUESTS: dict[str, tuple[str, bytes, dict[str, str], int]] = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_REQUESTS))
-def test_hostile_request_is_refused_clearly(http: httpx.Client, baseline_rss: int, name: str) -> None:
+def test_hostile_request_is_refused_clearly(
+    http: httpx.Client, baseline_rss: int, name: str, record_property: Callable[[str, object], None]
+) -> None:
     route, body, headers, expected = HOSTILE_REQUESTS[name]
     started = time.monotonic()
     response = http.post(route, content=body, headers={"content-type": "application/json"} | headers)
-    elapsed = time.monotonic() - started
+    record_property("answered_after_s", round(time.monotonic() - started, 3))
     assert response.status_code == expected, response.text[:500]
     detail = response.json()
     assert detail.get("message") or isinstance(detail.get("detail"), str), detail
-    assert elapsed <= ANSWER_WITHIN_S, f"{name}: {elapsed:.2f}s"
 
 
 def test_chunked_body_over_limit_is_413(http: httpx.Client) -> None:
@@ -135,21 +141,27 @@ def test_chunked_body_over_limit_is_413(http: httpx.Client) -> None:
     assert response.status_code == 413
 
 
-def test_pathological_batch_is_answered_within_the_request(http: httpx.Client) -> None:
+def test_pathological_batch_is_answered_item_by_item(
+    http: httpx.Client, record_property: Callable[[str, object], None]
+) -> None:
     items = [dict(HOSTILE_ITEMS[name], id=name) for name in sorted(HOSTILE_ITEMS)] * 2
     started = time.monotonic()
-    results = http.post("/v1/score", json={"items": items}, timeout=120).json()["results"]
-    assert [r["id"] for r in results] == [i["id"] for i in items]
+    response = http.post("/v1/score", json={"items": items})
+    record_property("batch_answered_after_s", round(time.monotonic() - started, 2))
+    assert response.status_code == 200, response.text[:500]
+    results = response.json()["results"]
+    assert [r["id"] for r in results] == [i["id"] for i in items]  # every item answered, in order
     assert {r["status"] for r in results} <= ITEM_STATUSES
-    # Two workers; a killed item costs at most one timeout plus a respawn.
-    assert time.monotonic() - started <= len(items) * (ITEM_TIMEOUT_S + 1.0) / 2
+    # Any timeout is the server's own: the item's limit, or the request deadline on a machine too busy to finish.
+    timeouts = [r["detail"] for r in results if r["status"] == "timeout"]
+    assert all(detail == ITEM_LIMIT_DETAIL or "request deadline" in detail for detail in timeouts), timeouts
 
 
 def test_server_healthy_and_bounded_afterwards(
     server: RewardServerProcess, http: httpx.Client, baseline_rss: int
 ) -> None:
     assert http.get("/healthz").status_code == 200
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + HANG_GUARD_S
     while (ready := http.get("/readyz")).status_code != 200 or ready.json()["workers"] != 2:
         assert time.monotonic() < deadline, ready.text
         time.sleep(0.2)

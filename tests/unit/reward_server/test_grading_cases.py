@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from reward_server.scorers import score
 from tests.shared_data import read_shared_jsonl
+
+pytestmark = pytest.mark.slow  # a sweep over all 557 cases, seconds of scoring
 
 MIN_OVERALL = 0.97
 MIN_PER_KIND = 0.95

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from reward_server.scorers import score
 from services.rollout.backends.replay import load_recorded_gsm8k
 from tests.shared_data import require_shared_data
+
+pytestmark = pytest.mark.slow  # a sweep over all 5,276 labelled solutions
 
 
 def test_verdicts_agree_with_every_human_label() -> None:

@@ -16,6 +16,8 @@ from reward_server.scorers import Kind, score
 from reward_server.scorers.extract import last_boxed_answer
 from tests.shared_data import read_shared_jsonl
 
+pytestmark = pytest.mark.slow  # sweeps over whole benchmark files
+
 # Problems whose gold cannot be graded against its own solution. None today; list any with the reason.
 KNOWN_EXCEPTIONS: dict[str, set[int]] = {}
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +20,7 @@ from reward_server.scorers import (
     resolve_kind,
     score,
 )
+from reward_server.scorers import math as math_scorer
 from reward_server.scorers.extract import anchored_segment, find_boxes, last_boxed_answer, prepare_response
 from reward_server.scorers.guards import is_safe_for_sympy
 from reward_server.scorers.numbers import find_numbers, parse_number
@@ -277,39 +280,79 @@ HOSTILE = {
 }
 
 
-def _assert_fast_outcomes(kind: str, gold: str) -> None:
+@pytest.fixture
+def sympy_inputs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text handed to Math-Verify's LaTeX parser (the door to sympy) while the test runs."""
+    seen: list[str] = []
+    real_parse = math_scorer.parse
+
+    def recording_parse(latex: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(latex)
+        return real_parse(latex, *args, **kwargs)
+
+    monkeypatch.setattr(math_scorer, "parse", recording_parse)
+    return seen
+
+
+def _score_hostile(kind: str, gold: str) -> dict[str, float]:
+    """Score every hostile response (and use it as a gold answer too); the seconds each took, to report."""
+    took: dict[str, float] = {}
     for name, response in HOSTILE.items():
-        start = time.monotonic()
+        start = time.perf_counter()
         outcome = score(kind, response, gold)  # type: ignore[arg-type]
-        elapsed = time.monotonic() - start
+        took[name] = round(time.perf_counter() - start, 3)
         assert isinstance(outcome, ScoreOutcome), name
         assert outcome.reward in (0.0, 1.0), name
-        assert elapsed < 3.0, f"{name} took {elapsed:.1f}s for {kind}"
         # the same string as a gold answer must not break anything either
         assert isinstance(score(kind, "42", response[:100_000]), ScoreOutcome), name  # type: ignore[arg-type]
+    return took
 
 
-@pytest.mark.parametrize(("kind", "gold"), [("math", "5"), ("gsm8k", "#### 5"), ("mcq", "B")])
-def test_hostile_responses_return_quickly(kind: str, gold: str) -> None:
-    _assert_fast_outcomes(kind, gold)
+def _assert_guarded(sympy_inputs: list[str], took: dict[str, float], record: Callable[[str, object], None]) -> None:
+    """What keeps hostile input cheap is the guard, not luck: nothing unsafe reached sympy. Time is only reported
+    (a busy machine is slow, not wrong); the service's hard per-item limit is tested in tests/integration."""
+    record("hostile_seconds", took)
+    print(f"hostile input, seconds per response: {took}")
+    assert sympy_inputs, "the math scorer hands safe text to the parser, so the recording must have seen some"
+    assert [text[:80] for text in sympy_inputs if not is_safe_for_sympy(text)] == []
 
 
-def test_hostile_responses_in_a_worker_thread() -> None:
-    # Off the main thread Math-Verify cannot use signal.alarm; score must still work (and the guards keep it fast).
+@pytest.mark.parametrize(("kind", "gold"), [("gsm8k", "#### 5"), ("mcq", "B")])
+def test_hostile_responses_give_an_outcome(
+    kind: str, gold: str, record_property: Callable[[str, object], None]
+) -> None:
+    record_property("hostile_seconds", _score_hostile(kind, gold))  # reported, not bounded
+
+
+@pytest.mark.slow
+def test_hostile_math_never_reaches_sympy_unguarded(
+    sympy_inputs: list[str], record_property: Callable[[str, object], None]
+) -> None:
+    _assert_guarded(sympy_inputs, _score_hostile("math", "5"), record_property)
+
+
+@pytest.mark.slow
+def test_hostile_responses_in_a_worker_thread(
+    sympy_inputs: list[str], record_property: Callable[[str, object], None]
+) -> None:
+    # Off the main thread Math-Verify cannot use signal.alarm, so only the guards stand between hostile input and
+    # a sympy computation that never ends; score must still work.
     errors: list[BaseException] = []
+    took: dict[str, float] = {}
 
     def run() -> None:
         try:
-            _assert_fast_outcomes("math", "5")
+            took.update(_score_hostile("math", "5"))
             assert correct("math", r"\boxed{\frac{10}{2}}", "5")
         except BaseException as exc:  # reported to the main thread below
             errors.append(exc)
 
     worker = threading.Thread(target=run)
     worker.start()
-    worker.join(timeout=120)
+    worker.join(timeout=240)  # a hang guard only
     assert not worker.is_alive()
     assert not errors, errors
+    _assert_guarded(sympy_inputs, took, record_property)
 
 
 def test_guards() -> None:
