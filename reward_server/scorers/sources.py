@@ -36,6 +36,7 @@ _MATH: Final = (
     "dapo_math_17k",
     "numina_math",
     "omni_math",
+    "arith_chains",  # the tiny world's synthetic task (trainer/world/tasks.py)
 )
 _GSM8K: Final = ("gsm8k", "gsm_8k", "grade_school_math")
 _MCQ: Final = (

@@ -27,6 +27,7 @@ from services.core.config.reward import RewardConfig
 from services.core.config.rollout import ReplayBackendConfig, RolloutBackendConfig, RolloutConfig
 from services.core.config.run import RunConfig, canonical_json, config_differences
 from services.core.config.trainer import TrainerConfig
+from services.core.config.world import WorldConfig, WorldModelConfig, WorldSFTConfig, WorldTaskConfig
 
 __all__ = [
     "AGGREGATIONS",
@@ -48,6 +49,10 @@ __all__ = [
     "RunConfig",
     "SeqMeanDenominator",
     "TrainerConfig",
+    "WorldConfig",
+    "WorldModelConfig",
+    "WorldSFTConfig",
+    "WorldTaskConfig",
     "apply_overrides",
     "canonical_json",
     "config_differences",

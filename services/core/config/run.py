@@ -19,6 +19,7 @@ from services.core.config.queues import QueueSettings
 from services.core.config.reward import RewardConfig
 from services.core.config.rollout import RolloutConfig
 from services.core.config.trainer import TrainerConfig
+from services.core.config.world import WorldConfig
 from services.core.schedule import MAX_TOTAL_STEPS, Schedule, ScheduleConfig
 from services.core.wire import RUN_ID_PATTERN
 
@@ -41,6 +42,11 @@ class RunConfig(BaseModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Advantages and the policy loss.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="The run's reward server.")
     queues: QueueSettings = Field(default_factory=QueueSettings, description="Bounds of the run's Redis streams.")
+    world: WorldConfig | None = Field(
+        default=None,
+        description="The tiny world (synthetic task, tokenizer, warm-started policy): `rlvr run` builds it on first "
+        "use and reuses it after (`rlvr prepare` builds it alone). Absent: the run needs no world.",
+    )
 
     @model_validator(mode="after")
     def _components_fit_together(self) -> RunConfig:
