@@ -20,6 +20,7 @@ from services.run.driver import drive
 from services.run.infra import local_infrastructure
 from services.run.preflight import preflight
 from services.run.run_dir import RunDirectory
+from services.run.world import ensure_world, world_summary
 
 EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_CONFLICT = 0, 1, 3
 CONTROLLER_REFUSED = 3  # `rlvr controller` exit status for a refused run (services/controller/server.py)
@@ -33,6 +34,7 @@ def run_main_job(
     config: RunConfig, *, out_dir: Path | None, redis_url: str | None, force_schedule: bool = False
 ) -> int:
     backend = preflight(config)
+    world = ensure_world(config.world) if config.world is not None else None  # built on first use, then reused
     run_dir = RunDirectory(out_dir or Path("runs") / config.run_id)
     staged = run_dir.stage_config(config)
     try:
@@ -52,6 +54,7 @@ def run_main_job(
                 "steps_run": result.steps_run,
                 "complete": result.complete,
                 "accounting": result.accounting,
+                "world": world_summary(world) if world is not None else None,
                 "controller": scrape(ends.controller_url, "rlvr_controller_"),
                 "reward_server": scrape(ends.reward_url, "rlvr_reward_"),
             }

@@ -16,6 +16,7 @@ import psutil
 
 from tests.shared_data import REPO_ROOT
 
+REPLAY_PRESET = str(REPO_ROOT / "deploy" / "presets" / "replay-cpu.toml")  # the run machinery, no world to build
 RUN_TIMEOUT_S = 600  # only stops a hang from blocking the suite; nothing is asserted about time
 
 
@@ -24,7 +25,7 @@ class RunProcess:
 
     def __init__(self, out: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.out = out
-        command = [sys.executable, "-m", "services.cli", "run", "--out", str(out), *args]
+        command = [sys.executable, "-m", "services.cli", "run", "--config", REPLAY_PRESET, "--out", str(out), *args]
         self.process = subprocess.Popen(
             command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})},

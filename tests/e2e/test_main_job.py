@@ -13,11 +13,12 @@ from tests.shared_data import REPO_ROOT, require_shared_data
 
 pytestmark = pytest.mark.e2e
 SHORT = ("--set", "total_steps=6", "--set", "schedule.max_ratio=0.5")
+REPLAY_PRESET = str(REPO_ROOT / "deploy" / "presets" / "replay-cpu.toml")  # the run machinery, no world to build
 
 
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "run", "--out", str(out), *extra],
+        [sys.executable, "-m", "services.cli", "run", "--config", REPLAY_PRESET, "--out", str(out), *extra],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
@@ -42,7 +43,7 @@ def test_main_job_on_the_embedded_default(tmp_path: Path) -> None:
     assert summary["complete"] and summary["controller"]["rlvr_controller_last_reported_step"] == 6
     assert summary["accounting"]["adopted_entries"] == 0
     assert (tmp_path / "schedule.png").stat().st_size > 0
-    assert json.loads((tmp_path / "config.json").read_text())["run_id"] == "tiny-cpu"
+    assert json.loads((tmp_path / "config.json").read_text())["run_id"] == "replay-cpu"
     assert not (tmp_path / "config.pending.json").exists()
 
 

@@ -1,0 +1,42 @@
+"""`rlvr run` on the main preset builds the tiny world on first use (shrunk here by settings) and reuses it after."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_prepare_world import PRESET, SHRUNK
+from tests.shared_data import REPO_ROOT, require_shared_data
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _rlvr(*args: str, worlds: Path) -> subprocess.CompletedProcess[str]:
+    # building on first use is what is tested here, not the warm start: a few SFT steps are enough
+    settings = [a for setting in (*SHRUNK, "world.sft.max_steps=50") for a in ("--set", setting)]
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args, "--config", PRESET, *settings],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "RLVR_WORLDS_DIR": str(worlds)},
+    )  # fmt: skip
+
+
+def test_run_builds_the_world_on_first_use_and_prepare_reuses_it(tmp_path: Path) -> None:
+    require_shared_data("bench/gsm8k_example_model_solutions.jsonl")
+    worlds = tmp_path / "worlds"
+    run = _rlvr("run", "--out", str(tmp_path / "run"), "--set", "total_steps=3", worlds=worlds)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    world = summary["world"]
+    assert world["reused"] is False and Path(world["world"]).parent == worlds
+    assert (Path(world["model"]) / "config.json").exists()
+    assert "prepare: world ready" in run.stderr
+
+    prepared = _rlvr("prepare", worlds=worlds)
+    assert prepared.returncode == 0, prepared.stderr
+    again = json.loads(prepared.stdout)
+    assert again["reused"] is True and again["world"] == world["world"] and again["key"] == world["key"]

@@ -1,0 +1,141 @@
+"""Batched sampling from a transformers causal LM: the HF-transformers generation path on CPU.
+
+`temperature == 0` is greedy decoding. Otherwise sampling draws from the temperature-scaled distribution with
+nucleus `top_p` and no top-k cut (`top_k=0`: transformers' default of 50 would silently truncate the distribution
+that vLLM and the trainer's log-probs describe). Prompts are left-padded, grouped by length, and each prompt's `n`
+samples are generated together. A sampling call seeds torch's global generator (transformers samples from it), so
+it is reproducible; a greedy call leaves it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How to sample: `n` answers per prompt, temperature (0 = greedy), nucleus top-p, a token limit, a seed."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if not self.temperature >= 0.0:  # also refuses NaN
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature == 0.0 and self.n > 1:
+            raise ValueError(f"greedy decoding (temperature 0) gives one answer per prompt; n={self.n} asks for more")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled answer: its text, token ids (without the EOS that ended it), and why it ended."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    settings: SamplingSettings,
+    *,
+    batch_tokens: int = 16_384,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[Completion]]:
+    """`settings.n` completions for every prompt, in prompt order. `batch_tokens` bounds rows × (prompt + answer)
+    tokens per forward batch; `progress(done, total)` is called after each batch."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token: generation could not stop")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    encoded = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results: list[list[Completion]] = [[] for _ in prompts]
+    if not settings.greedy:
+        torch.manual_seed(settings.seed)  # transformers samples from torch's global generator
+    was_training = model.training
+    model.eval()
+    done = 0
+    try:
+        for chunk in _chunks(order, encoded, settings, batch_tokens):
+            rows = [encoded[i] for i in chunk for _ in range(settings.n)]
+            ids, mask = _left_pad(rows, pad)
+            with torch.no_grad():
+                out = model.generate(  # type: ignore[operator]  # nn.Module.__getattr__ hides GenerationMixin
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=settings.max_new_tokens,
+                    do_sample=not settings.greedy,
+                    temperature=settings.temperature if not settings.greedy else None,
+                    top_p=settings.top_p if not settings.greedy else None,
+                    top_k=0 if not settings.greedy else None,
+                    eos_token_id=eos,
+                    pad_token_id=pad,
+                )
+            new_tokens = out[:, ids.shape[1] :].tolist()
+            for row, tokens in enumerate(new_tokens):
+                results[chunk[row // settings.n]].append(_completion(tokenizer, tokens, eos))
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(prompts))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _chunks(
+    order: list[int], encoded: list[list[int]], settings: SamplingSettings, batch_tokens: int
+) -> list[list[int]]:
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        width = len(encoded[index]) + settings.max_new_tokens
+        if current and (len(current) + 1) * settings.n * width > batch_tokens:
+            chunks.append(current)
+            current = []
+        current.append(index)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
+def _completion(tokenizer: PreTrainedTokenizerBase, tokens: list[int], eos: int) -> Completion:
+    if eos in tokens:
+        kept, reason = tokens[: tokens.index(eos)], "stop"
+    else:
+        kept, reason = tokens, "length"
+    text = tokenizer.decode(kept, skip_special_tokens=False)
+    return Completion(text=text, token_ids=tuple(kept), finish_reason=reason)  # type: ignore[arg-type]
