@@ -12,6 +12,7 @@ from pathlib import Path
 
 from services.core.config import ConfigError, RunConfig, load_run_config
 from services.core.lifecycle import Terminated, sigterm_as_interrupt
+from services.run.evaluate import add_eval_parser
 
 DEFAULT_PRESET = "deploy/presets/tiny-cpu.toml"
 EXIT_BAD_CONFIG, EXIT_CONFLICT, EXIT_BROKEN_PIPE, EXIT_SIGINT, EXIT_SIGTERM = 2, 3, 141, 130, 143
@@ -45,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="check the config and its inputs, print the resolved config, exit"
     )
     run.set_defaults(func=_cmd_run)
+    prep = sub.add_parser("prepare", help="build the tiny world: task splits, tokenizer, warm-started policy (cached)")
+    _add_config_args(prep)
+    prep.add_argument("--out", type=Path, default=None, help="world folder (default runs/worlds/world-<key>)")
+    prep.add_argument("--seed", type=int, default=None, help="the world's seed (same as --set world.seed=N)")
+    prep.set_defaults(func=_cmd_prepare)
+    add_eval_parser(sub)  # `rlvr eval`: services/run/evaluate.py owns its flags and handler
     sched = sub.add_parser("schedule", help="print (and plot) the resolved schedule of a run config")
     _add_config_args(sched)
     sched.add_argument("--json", action="store_true", help="print the whole curve as JSON")
@@ -89,6 +96,16 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
         from services.plot import plot_schedule
 
         print(f"plot: {plot_schedule(config.build_schedule(), args.plot, title=config.run_id)}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    overrides = [*args.overrides, *([f"world.seed={args.seed}"] if args.seed is not None else [])]
+    config = load_run_config(args.config, overrides)
+    from services.run.world import prepare_for_cli
+
+    summary = prepare_for_cli(config, args.out)
+    print(json.dumps(summary))
     return 0
 
 
