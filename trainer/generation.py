@@ -48,11 +48,13 @@ class SamplingSettings:
 
 @dataclass(frozen=True)
 class Completion:
-    """One sampled answer: its text, token ids (without the EOS that ended it), and why it ended."""
+    """One sampled answer: its text, token ids (without the EOS that ended it), why it ended, and (when asked for)
+    the sampling policy's log-probability of each of those tokens."""
 
     text: str
     token_ids: tuple[int, ...]
     finish_reason: FinishReason
+    logprobs: tuple[float, ...] | None = None
 
 
 def generate(
@@ -61,11 +63,14 @@ def generate(
     prompts: Sequence[str],
     settings: SamplingSettings,
     *,
+    with_logprobs: bool = False,
     batch_tokens: int = 16_384,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[list[Completion]]:
-    """`settings.n` completions for every prompt, in prompt order. `batch_tokens` bounds rows × (prompt + answer)
-    tokens per forward batch; `progress(done, total)` is called after each batch."""
+    """`settings.n` completions for every prompt, in prompt order. `with_logprobs` adds each generated token's
+    log-probability under the sampling policy, log_softmax(logits / T) (T = 1 when greedy; the nucleus cut is a
+    sampling rule, not part of the policy), which is what the trainer recomputes for the ratio. `batch_tokens` bounds
+    rows × (prompt + answer) tokens per forward batch; `progress(done, total)` is called after each batch."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos token: generation could not stop")
@@ -93,10 +98,14 @@ def generate(
                     top_k=0 if not settings.greedy else None,
                     eos_token_id=eos,
                     pad_token_id=pad,
+                    return_dict_in_generate=True,
+                    output_logits=with_logprobs,
                 )
-            new_tokens = out[:, ids.shape[1] :].tolist()
-            for row, tokens in enumerate(new_tokens):
-                results[chunk[row // settings.n]].append(_completion(tokenizer, tokens, eos))
+            generated = out.sequences[:, ids.shape[1] :]
+            logprobs = _token_logprobs(out.logits, generated, settings) if with_logprobs else None
+            for row, tokens in enumerate(generated.tolist()):
+                row_logprobs = logprobs[row] if logprobs is not None else None
+                results[chunk[row // settings.n]].append(_completion(tokenizer, tokens, eos, row_logprobs))
             done += len(chunk)
             if progress is not None:
                 progress(done, len(prompts))
@@ -132,10 +141,31 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask
 
 
-def _completion(tokenizer: PreTrainedTokenizerBase, tokens: list[int], eos: int) -> Completion:
+def _token_logprobs(
+    step_logits: tuple[torch.Tensor, ...], generated: torch.Tensor, settings: SamplingSettings
+) -> list[list[float]]:
+    """Per row, per generated position: log_softmax(raw logits / T) at the token that was generated (float32)."""
+    temperature = 1.0 if settings.greedy else settings.temperature
+    columns = []
+    for position, logits in enumerate(step_logits):
+        token = generated[:, position : position + 1]
+        columns.append(torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, token).squeeze(-1))
+    return torch.stack(columns, dim=1).tolist() if columns else [[] for _ in range(generated.shape[0])]
+
+
+def _completion(
+    tokenizer: PreTrainedTokenizerBase, tokens: list[int], eos: int, logprobs: list[float] | None
+) -> Completion:
     if eos in tokens:
-        kept, reason = tokens[: tokens.index(eos)], "stop"
+        end, reason = tokens.index(eos), "stop"
     else:
-        kept, reason = tokens, "length"
+        end, reason = len(tokens), "length"
+    kept = tokens[:end]
     text = tokenizer.decode(kept, skip_special_tokens=False)
-    return Completion(text=text, token_ids=tuple(kept), finish_reason=reason)  # type: ignore[arg-type]
+    assert isinstance(text, str)
+    return Completion(
+        text=text,
+        token_ids=tuple(kept),
+        finish_reason=reason,  # type: ignore[arg-type]
+        logprobs=tuple(logprobs[:end]) if logprobs is not None else None,
+    )
