@@ -24,12 +24,21 @@ ADOPT_BATCH = 512
 
 
 class GeneratedSample(Protocol):
+    """One sample as a backend returns it: its text, the token ids the engine produced, and the sampling policy's
+    per-token log-probs (None when the backend has no policy, as replay)."""
+
     @property
     def text(self) -> str: ...
 
+    @property
+    def token_ids(self) -> Sequence[int]: ...
+
+    @property
+    def logprobs(self) -> Sequence[float] | None: ...
+
 
 class GenerationBackend(Protocol):
-    """What the role needs from a backend: samples for a prompt group, and their token ids."""
+    """What the role needs from a backend: samples for a prompt group, and the token ids of a prompt."""
 
     def generate(self, group: PromptGroup) -> Sequence[GeneratedSample]: ...
 
@@ -110,10 +119,19 @@ class RolloutRole:
             step=group.step,
             data_source=group.data_source,
             prompt_token_ids=group.prompt_token_ids or self._backend.token_ids(group.prompt),
-            response_token_ids=[self._backend.token_ids(s.text) for s in samples],
+            response_token_ids=[list(s.token_ids) for s in samples],
+            logprobs=_logprobs(samples),
             rewards=[r.reward for r in results],
             reward_status=[r.status for r in results],
             policy_version=self.policy_version,
             phase=phase,  # the controller's phase at generation; the trainer applies its own step's phase
             timings={"generate_s": generated - started, "score_s": time.perf_counter() - generated},
         )
+
+
+def _logprobs(samples: Sequence[GeneratedSample]) -> list[list[float]] | None:
+    """Per-sample log-probs when the backend gave them for every sample, else None."""
+    per_sample = [s.logprobs for s in samples]
+    if any(lp is None for lp in per_sample):
+        return None
+    return [list(lp) for lp in per_sample if lp is not None]

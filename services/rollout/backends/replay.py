@@ -25,6 +25,15 @@ class RecordedSample:
     text: str
     human_correct: bool
 
+    @property
+    def token_ids(self) -> list[int]:
+        return byte_token_ids(self.text)
+
+    @property
+    def logprobs(self) -> None:
+        """Recorded text has no sampling policy, so no log-probs."""
+        return None
+
 
 @dataclass(frozen=True)
 class RecordedProblem:
