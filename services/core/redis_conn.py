@@ -50,7 +50,10 @@ class EmbeddedRedis:
         self, data_dir: str | Path | None = None, *, persist: bool = False, password: str | None = None
     ) -> None:
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="rlvr-redis-"))
+        # absolute: redis-server changes into --dir before it opens the log file and the socket, so a relative path
+        # (rlvr run's default runs/<id>/redis) would point somewhere else, and the server would exit at start
+        chosen = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="rlvr-redis-"))
+        self.data_dir = chosen.absolute()
         self.persist = persist
         self.password = password
         self.socket_path = self.data_dir / "redis.sock"

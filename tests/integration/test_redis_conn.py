@@ -37,6 +37,17 @@ def test_embedded_server_starts_and_stops_with_its_owner() -> None:
     assert not psutil.pid_exists(pid)  # stopped and reaped
 
 
+def test_a_relative_data_dir_works_and_keeps_its_files_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # rlvr run's default is the relative runs/<id>/redis; redis-server changes into --dir before opening its files
+    monkeypatch.chdir(tmp_path)
+    with EmbeddedRedis(Path("runs") / "r1" / "redis", persist=True) as server:
+        client = connect(server.url)
+        assert client.set("k", "v")
+        client.close()
+    assert (tmp_path / "runs" / "r1" / "redis" / "redis.log").exists()
+    assert any((tmp_path / "runs" / "r1" / "redis").glob("appendonly*"))
+
+
 def test_given_url_passes_through_without_starting_anything() -> None:
     with redis_url_or_embedded(SERVER_URL) as url:
         assert url == SERVER_URL
