@@ -9,9 +9,9 @@ name and shape before touching the model and bumps the policy version the role s
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,16 +19,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from services.core.wire import PromptGroup
 from trainer.generation import Completion, SamplingSettings, generate
-
-
-@dataclass(frozen=True)
-class HFSampling:
-    """The run's sampling settings for this backend (temperature 0 is greedy and allows only n = 1)."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int = 0
 
 
 class WeightMismatchError(ValueError):
@@ -39,16 +29,20 @@ class HFBackend:
     """Samples prompt groups with a transformers model held in this process."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sampling: HFSampling, policy_version: int = 0
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        sampling: SamplingSettings,
+        policy_version: int = 0,
     ) -> None:
+        """`sampling` is the run's temperature, top-p, token limit and base seed; each group sets its own `n`."""
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token: samples could not end")
         self._model, self._tokenizer, self._sampling = model, tokenizer, sampling
         self.policy_version = policy_version
-        SamplingSettings(1, sampling.temperature, sampling.top_p, sampling.max_new_tokens, sampling.seed)  # validate
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, sampling: HFSampling) -> HFBackend:
+    def from_dir(cls, model_dir: str | Path, sampling: SamplingSettings) -> HFBackend:
         """Load a model directory in float32 (bf16 is slower than fp32 on these CPUs; ../shared/DESIGN.md §4)."""
         path = Path(model_dir)
         if not (path / "config.json").is_file():
@@ -61,9 +55,8 @@ class HFBackend:
 
     def generate(self, group: PromptGroup) -> list[Completion]:
         """`group.n` samples of the group's prompt, each with token ids, log-probs and a finish reason."""
-        s = self._sampling
-        seed = (s.seed * 1_000_003 + zlib.crc32(group.group_id.encode())) % 2**31
-        settings = SamplingSettings(group.n, s.temperature, s.top_p, s.max_new_tokens, seed)
+        seed = (self._sampling.seed * 1_000_003 + zlib.crc32(group.group_id.encode())) % 2**31
+        settings = dataclasses.replace(self._sampling, n=group.n, seed=seed)
         return generate(self._model, self._tokenizer, [group.prompt], settings, with_logprobs=True)[0]
 
     def load_weights(self, weights: Mapping[str, torch.Tensor], policy_version: int) -> None:

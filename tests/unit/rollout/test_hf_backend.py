@@ -10,7 +10,8 @@ import torch
 
 from services.core.config import WorldModelConfig
 from services.core.wire import PromptGroup
-from services.rollout.backends.hf import HFBackend, HFSampling, WeightMismatchError
+from services.rollout.backends.hf import HFBackend, WeightMismatchError
+from trainer.generation import SamplingSettings
 from trainer.world.policy import build_policy
 from trainer.world.tasks import Problem
 from trainer.world.tokenizer import save_tokenizer, train_tokenizer
@@ -33,7 +34,7 @@ def _group(group_id: str = "s1-g0", n: int = 3) -> PromptGroup:
 
 
 def _backend(model_dir: Path) -> HFBackend:
-    return HFBackend.from_dir(model_dir, HFSampling(temperature=1.0, max_new_tokens=16, seed=7))
+    return HFBackend.from_dir(model_dir, SamplingSettings(temperature=1.0, max_new_tokens=16, seed=7))
 
 
 def _forward_logprobs(backend: HFBackend, tokens: tuple[int, ...]) -> torch.Tensor:
@@ -84,6 +85,6 @@ def test_weights_that_do_not_fit_are_refused_and_change_nothing(model_dir: Path)
 
 def test_a_directory_without_a_model_and_bad_sampling_are_refused(tmp_path: Path, model_dir: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no config"):
-        HFBackend.from_dir(tmp_path, HFSampling())
+        HFBackend.from_dir(tmp_path, SamplingSettings())
     with pytest.raises(ValueError, match="temperature"):
-        HFBackend.from_dir(model_dir, HFSampling(temperature=-1.0))
+        HFBackend.from_dir(model_dir, SamplingSettings(temperature=-1.0))
