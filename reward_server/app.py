@@ -19,7 +19,6 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import HTTPConnection
 
 from reward_server import scoring
 from reward_server.errors import OverloadedError, PoolNotReadyError, UnauthorizedError, install_error_handlers
@@ -122,7 +121,7 @@ class _BearerToken(HTTPBearer):
         super().__init__(auto_error=False, description="The value of RLVR_REWARD_API_TOKEN.")
         self._expected = token.encode()
 
-    async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
+    async def __call__(self, request: Request) -> HTTPAuthorizationCredentials | None:
         credentials = await super().__call__(request)
         if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), self._expected):
             raise UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <token>)")

@@ -61,6 +61,11 @@ class RewardServiceError(RuntimeError):
         self.status_code = status_code
 
 
+class RewardServerUnavailableError(RewardServiceError):
+    """The server stayed unreachable (or kept answering 502/503/504) through every retry: an outage, not a verdict.
+    Callers that must not lose work (the rollout workers) wait and try again."""
+
+
 @dataclass(frozen=True)
 class ScoreRequestItem:
     """One response to grade; `data_source` names the benchmark (mapped to a scorer by the server)."""
@@ -128,7 +133,7 @@ class RewardClient:
         except RetryExhaustedError as exc:
             last = exc.last_error
             reason = str(last) if isinstance(last, RewardServiceError) else f"{type(last).__name__}: {last}"
-            raise RewardServiceError(
+            raise RewardServerUnavailableError(
                 f"reward server at {self.base_url} unreachable after {exc.attempts} attempts: {reason}"
             ) from last
         return _parse_results(items, response)

@@ -21,13 +21,15 @@ FinishReason = Literal["stop", "length"]
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How to sample: `n` answers per prompt, temperature (0 = greedy), nucleus top-p, a token limit, a seed."""
+    """How to sample: `n` answers per prompt, temperature (0 = greedy), nucleus top-p, a token limit, a seed, and
+    stop strings (an answer ends with the token that completes one; the stop string stays in the answer)."""
 
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -40,6 +42,8 @@ class SamplingSettings:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature == 0.0 and self.n > 1:
             raise ValueError(f"greedy decoding (temperature 0) gives one answer per prompt; n={self.n} asks for more")
+        if any(not stop for stop in self.stop):
+            raise ValueError("a stop string must not be empty")
 
     @property
     def greedy(self) -> bool:
@@ -48,8 +52,10 @@ class SamplingSettings:
 
 @dataclass(frozen=True)
 class Completion:
-    """One sampled answer: its text, token ids (without the EOS that ended it), why it ended, and (when asked for)
-    the sampling policy's log-probability of each of those tokens."""
+    """One sampled answer: its text, token ids, why it ended, and (when asked for) the sampling policy's
+    log-probability of each of those tokens. The EOS that ended an answer is never in the text; it is in the token
+    ids (with its log-prob) only when `generate(keep_eos=True)` asked for it, as RL rollouts do: the policy must be
+    trained to stop."""
 
     text: str
     token_ids: tuple[int, ...]
@@ -64,12 +70,14 @@ def generate(
     settings: SamplingSettings,
     *,
     with_logprobs: bool = False,
+    keep_eos: bool = False,
     batch_tokens: int = 16_384,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[list[Completion]]:
     """`settings.n` completions for every prompt, in prompt order. `with_logprobs` adds each generated token's
     log-probability under the sampling policy, log_softmax(logits / T) (T = 1 when greedy; the nucleus cut is a
-    sampling rule, not part of the policy), which is what the trainer recomputes for the ratio. `batch_tokens` bounds
+    sampling rule, not part of the policy), which is what the trainer recomputes for the ratio. `keep_eos` keeps the
+    EOS that ended an answer in its token ids and log-probs (see `Completion`). `batch_tokens` bounds
     rows × (prompt + answer) tokens per forward batch; `progress(done, total)` is called after each batch."""
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -98,6 +106,8 @@ def generate(
                     top_k=0 if not settings.greedy else None,
                     eos_token_id=eos,
                     pad_token_id=pad,
+                    stop_strings=list(settings.stop) or None,
+                    tokenizer=tokenizer if settings.stop else None,
                     return_dict_in_generate=True,
                     output_logits=with_logprobs,
                 )
@@ -105,7 +115,8 @@ def generate(
             logprobs = _token_logprobs(out.logits, generated, settings) if with_logprobs else None
             for row, tokens in enumerate(generated.tolist()):
                 row_logprobs = logprobs[row] if logprobs is not None else None
-                results[chunk[row // settings.n]].append(_completion(tokenizer, tokens, eos, row_logprobs))
+                completion = _completion(tokenizer, tokens, eos, row_logprobs, settings.stop, keep_eos)
+                results[chunk[row // settings.n]].append(completion)
             done += len(chunk)
             if progress is not None:
                 progress(done, len(prompts))
@@ -154,18 +165,39 @@ def _token_logprobs(
 
 
 def _completion(
-    tokenizer: PreTrainedTokenizerBase, tokens: list[int], eos: int, logprobs: list[float] | None
+    tokenizer: PreTrainedTokenizerBase,
+    tokens: list[int],
+    eos: int,
+    logprobs: list[float] | None,
+    stop: tuple[str, ...],
+    keep_eos: bool,
 ) -> Completion:
+    end, reason = len(tokens), "length"
     if eos in tokens:
         end, reason = tokens.index(eos), "stop"
-    else:
-        end, reason = len(tokens), "length"
-    kept = tokens[:end]
-    text = tokenizer.decode(kept, skip_special_tokens=False)
+    stop_end = _stop_string_end(tokenizer, tokens[:end], stop) if stop else None
+    kept_end = end
+    if stop_end is not None:
+        end = kept_end = stop_end
+        reason = "stop"
+    elif reason == "stop" and keep_eos:
+        kept_end = end + 1
+    text = tokenizer.decode(tokens[:end], skip_special_tokens=False)
     assert isinstance(text, str)
     return Completion(
         text=text,
-        token_ids=tuple(kept),
+        token_ids=tuple(tokens[:kept_end]),
         finish_reason=reason,  # type: ignore[arg-type]
-        logprobs=tuple(logprobs[:end]) if logprobs is not None else None,
+        logprobs=tuple(logprobs[:kept_end]) if logprobs is not None else None,
     )
+
+
+def _stop_string_end(tokenizer: PreTrainedTokenizerBase, tokens: list[int], stop: tuple[str, ...]) -> int | None:
+    """Length of the shortest prefix of `tokens` whose text contains a stop string (None when none does)."""
+    if not any(s in tokenizer.decode(tokens, skip_special_tokens=False) for s in stop):
+        return None
+    for end in range(1, len(tokens) + 1):
+        text = tokenizer.decode(tokens[:end], skip_special_tokens=False)
+        if any(s in text for s in stop):
+            return end
+    return None

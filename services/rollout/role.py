@@ -1,26 +1,36 @@
 """The rollout role: prompt groups in, scored groups out (DESIGN.md §1 step 2).
 
-Read prompt groups with the `rollout` consumer group, generate `n` samples each, score them through the reward
-server, stamp the controller's phase and the policy version, publish the scored group, and only then ack the
-prompt (a crash in between redelivers the prompt; the trainer drops the duplicate by `group_id`).
-A paused run generates nothing; a prompt group for a step the run has already passed is acked unused and counted.
-The Ray `RolloutWorker` actor wraps this role; the local driver calls it in-process.
+Read a batch of prompt groups with the `rollout` consumer group, take new weights if the trainer published some
+(between batches, never inside one), generate `n` samples per group in one backend call, score them through the
+reward server in one request, stamp the controller's phase and the policy version that generated them, publish each
+scored group, and only then ack its prompt (a crash in between redelivers the prompt; the trainer drops the duplicate
+by `group_id`). Entries another consumer left pending longer than the queue's `claim_idle_ms` are reclaimed first
+(`receive`), so a killed worker's groups are finished by a live one.
+
+Nothing is lost to an outage: a paused run generates nothing; an unreachable reward server makes the role wait and
+retry the same samples (exported as `rlvr_rollout_waiting{reason="reward"}`), never publish zero rewards. A prompt
+group for a step the run has already passed is acked unused and counted. The Ray `RolloutWorker` actor wraps this
+role (services/rollout/worker.py); the local driver calls it in-process.
 """
 
 from __future__ import annotations
 
+import random
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from reward_server.client import RewardClient, ScoreRequestItem
+from reward_server.client import RewardClient, RewardServerUnavailableError, ScoreRequestItem, ScoreResult
 from services.controller.client import ControllerClient
 from services.core.queues import Delivery, MessageQueue, receive
 from services.core.schedule import Phase
 from services.core.wire import PromptGroup, ScoredGroup
+from services.rollout.metrics import RolloutMetrics
 
 ADOPT_BATCH = 512
+REWARD_WAIT_MAX_S = 5.0  # cap of the backoff between scoring attempts while the reward server is down
 
 
 class GeneratedSample(Protocol):
@@ -38,9 +48,13 @@ class GeneratedSample(Protocol):
 
 
 class GenerationBackend(Protocol):
-    """What the role needs from a backend: samples for a prompt group, and the token ids of a prompt."""
+    """What the role needs from a backend: samples for a batch of prompt groups (one list per group, in order), the
+    token ids of a prompt, and the version of the weights it generates with."""
 
-    def generate(self, group: PromptGroup) -> Sequence[GeneratedSample]: ...
+    @property
+    def policy_version(self) -> int: ...
+
+    def generate(self, groups: Sequence[PromptGroup]) -> Sequence[Sequence[GeneratedSample]]: ...
 
     def token_ids(self, text: str) -> list[int]: ...
 
@@ -54,6 +68,10 @@ class RolloutPass:
     paused: bool = False
 
 
+class RolloutStopped(Exception):
+    """The role was asked to stop while it waited (nothing was published or acked for the batch in hand)."""
+
+
 class RolloutRole:
     def __init__(
         self,
@@ -64,14 +82,23 @@ class RolloutRole:
         rollouts: MessageQueue[ScoredGroup],
         consumer: str,
         *,
-        policy_version: int = 0,
         read_batch: int = 16,
+        metrics: RolloutMetrics | None = None,
+        sync_weights: Callable[[], None] | None = None,
     ) -> None:
+        """`sync_weights` is called before every batch (it loads newer weights into the backend, if any)."""
         self._backend, self._reward, self._controller = backend, reward, controller
         self._prompts, self._rollouts, self._consumer = prompts, rollouts, consumer
-        self.policy_version = policy_version
         self._read_batch = read_batch
         self._adopted: list[Delivery[PromptGroup]] = []
+        self.metrics = metrics if metrics is not None else RolloutMetrics(consumer)
+        self._sync_weights = sync_weights
+        self.stop_event = threading.Event()
+        self._rng = random.Random()
+
+    @property
+    def policy_version(self) -> int:
+        return self._backend.policy_version
 
     def adopt_abandoned(self) -> int:
         """Take over every pending prompt at once (min idle 0): only for the sole consumer (a resuming local run)."""
@@ -88,45 +115,99 @@ class RolloutRole:
     def process_available(self, *, block_ms: int) -> RolloutPass:
         """Generate for every prompt group available now (waiting up to `block_ms` for the first one)."""
         done = RolloutPass()
-        while True:
+        while not self.stop_event.is_set():
             current = self._controller.get_phase()
             if current.paused:
                 done.paused = True
                 return done
-            deliveries, self._adopted = self._adopted, []
-            if not deliveries:
-                deliveries = receive(self._prompts, self._consumer, count=self._read_batch,
-                                     block_ms=0 if done.published else block_ms)  # fmt: skip
+            if self._sync_weights is not None:
+                self._sync_weights()
+            deliveries = self._next_deliveries(block_ms=0 if done.published else block_ms)
             if not deliveries:
                 return done
+            fresh = []
             for delivery in deliveries:
                 if delivery.message.step < current.current_step:
                     done.stale_prompts += 1  # its step was trained and reported: generating would be waste
+                    self.metrics.stale_prompts.inc()
+                    self._prompts.ack([delivery.entry_id])
                 else:
-                    self._rollouts.publish(self._generate_and_score(delivery.message, current.phase))
+                    fresh.append(delivery)
+            if fresh:
+                for delivery, scored in zip(fresh, self._generate_and_score(fresh, current.phase), strict=True):
+                    self._rollouts.publish(scored)
+                    self._prompts.ack([delivery.entry_id])
                     done.published += 1
-                self._prompts.ack([delivery.entry_id])
+                    self.metrics.groups.inc()
+                    self.metrics.samples.inc(len(scored.rewards))
+        return done
 
-    def _generate_and_score(self, group: PromptGroup, phase: Phase) -> ScoredGroup:
+    def _next_deliveries(self, *, block_ms: int) -> list[Delivery[PromptGroup]]:
+        if self._adopted:
+            deliveries, self._adopted = self._adopted[: self._read_batch], self._adopted[self._read_batch :]
+            return deliveries
+        return receive(self._prompts, self._consumer, count=self._read_batch, block_ms=block_ms)
+
+    def _generate_and_score(self, deliveries: list[Delivery[PromptGroup]], phase: Phase) -> list[ScoredGroup]:
+        groups = [delivery.message for delivery in deliveries]
+        version = self._backend.policy_version  # weights change only between batches (sync_weights)
         started = time.perf_counter()
-        samples = self._backend.generate(group)
+        per_group = self._backend.generate(groups)
         generated = time.perf_counter()
-        items = [ScoreRequestItem(f"{group.group_id}/{i}", s.text, group.label, group.data_source)
-                 for i, s in enumerate(samples)]  # fmt: skip
-        results = self._reward.score(items)
-        return ScoredGroup(
-            group_id=group.group_id,
-            step=group.step,
-            data_source=group.data_source,
-            prompt_token_ids=group.prompt_token_ids or self._backend.token_ids(group.prompt),
-            response_token_ids=[list(s.token_ids) for s in samples],
-            logprobs=_logprobs(samples),
-            rewards=[r.reward for r in results],
-            reward_status=[r.status for r in results],
-            policy_version=self.policy_version,
-            phase=phase,  # the controller's phase at generation; the trainer applies its own step's phase
-            timings={"generate_s": generated - started, "score_s": time.perf_counter() - generated},
-        )
+        self.metrics.batch_seconds.observe(generated - started)
+        self.metrics.policy_version.set(version)
+        items = [
+            ScoreRequestItem(f"{group.group_id}/{i}", sample.text, group.label, group.data_source)
+            for group, samples in zip(groups, per_group, strict=True)
+            for i, sample in enumerate(samples)
+        ]
+        results = self._score_until_answered(items)
+        scored_at = time.perf_counter()
+        out, offset = [], 0
+        for group, samples in zip(groups, per_group, strict=True):
+            group_results = results[offset : offset + len(samples)]
+            offset += len(samples)
+            self.metrics.generated_tokens.inc(sum(len(s.token_ids) for s in samples))
+            self.metrics.count_statuses([r.status for r in group_results])
+            out.append(
+                ScoredGroup(
+                    group_id=group.group_id,
+                    step=group.step,
+                    data_source=group.data_source,
+                    prompt_token_ids=group.prompt_token_ids or self._backend.token_ids(group.prompt),
+                    response_token_ids=[list(s.token_ids) for s in samples],
+                    logprobs=_logprobs(samples),
+                    rewards=[r.reward for r in group_results],
+                    reward_status=[r.status for r in group_results],
+                    policy_version=version,
+                    phase=phase,  # the controller's phase at generation; the trainer applies its own step's phase
+                    timings={"generate_s": generated - started, "score_s": scored_at - generated},
+                )
+            )
+        return out
+
+    def _score_until_answered(self, items: list[ScoreRequestItem]) -> list[ScoreResult]:
+        """Score the batch; while the reward server is unreachable, wait and try the same items again."""
+        attempt = 0
+        waiting = self.metrics.waiting.labels(reason="reward")
+        try:
+            while True:
+                started = time.perf_counter()
+                try:
+                    results = self._reward.score(items)
+                    self.metrics.reward_seconds.observe(time.perf_counter() - started)
+                    return results
+                except RewardServerUnavailableError:
+                    attempt += 1
+                    self.metrics.reward_unavailable.inc()
+                    waiting.set(1)
+                delay = self._rng.uniform(0.5, 1.0) * min(REWARD_WAIT_MAX_S, 0.5 * 2 ** min(attempt, 10))
+                self.stop_event.wait(delay)
+                self.metrics.wait_seconds.labels(reason="reward").inc(time.perf_counter() - started)
+                if self.stop_event.is_set():
+                    raise RolloutStopped("stopped while waiting for the reward server")
+        finally:
+            waiting.set(0)
 
 
 def _logprobs(samples: Sequence[GeneratedSample]) -> list[list[float]] | None:

@@ -20,7 +20,7 @@ from services.core.redis_conn import connect
 from services.core.redis_streams import RedisStreamQueue
 from services.core.schedule import Phase
 from services.core.wire import StepReport
-from services.rollout.backends.replay import ReplayBackend
+from services.rollout.build import RolloutSetup
 from services.rollout.role import RolloutRole
 from services.run.infra import Endpoints
 from services.run.run_dir import RunDirectory
@@ -30,7 +30,6 @@ from trainer.step import plan_step
 
 READ_BLOCK_MS = 1000
 IDLE_ROUNDS_BEFORE_STUCK = 30  # rounds of READ_BLOCK_MS with nothing produced and nothing arriving
-POLICY_VERSION = 0  # no weight update yet (see the module docstring)
 
 
 class PipelineStuckError(RuntimeError):
@@ -48,7 +47,7 @@ class DriveResult:
 @dataclass
 class _Pipeline:
     config: RunConfig
-    backend: ReplayBackend
+    setup: RolloutSetup
     controller: ControllerClient
     prompts: RedisStreamQueue[Any]
     rollout: RolloutRole
@@ -57,7 +56,7 @@ class _Pipeline:
 
 
 def drive(
-    config: RunConfig, endpoints: Endpoints, run_dir: RunDirectory, backend: ReplayBackend,
+    config: RunConfig, endpoints: Endpoints, run_dir: RunDirectory, setup: RolloutSetup,
     *, emit: Callable[[dict[str, Any]], None] = lambda row: None,
 ) -> DriveResult:  # fmt: skip
     """Run every step from the controller's current one to the last; resumable at any point."""
@@ -65,9 +64,9 @@ def drive(
     with ControllerClient(endpoints.controller_url) as controller, RewardClient(endpoints.reward_url) as reward:
         prompts = RedisStreamQueue(client, PROMPTS, config.run_id, config.queues)
         rollouts = RedisStreamQueue(client, ROLLOUTS, config.run_id, config.queues)
-        rollout = RolloutRole(backend, reward, controller, prompts, rollouts, new_consumer_name("rollout"))
+        rollout = RolloutRole(setup.backend, reward, controller, prompts, rollouts, new_consumer_name("rollout"))
         collector = StepCollector(rollouts, new_consumer_name("trainer"), config.rollout.prompts_per_step)
-        pipe = _Pipeline(config, backend, controller, prompts, rollout, collector, rollouts)
+        pipe = _Pipeline(config, setup, controller, prompts, rollout, collector, rollouts)
         start = controller.get_phase()
         fill_missing_steps(run_dir, controller, start.last_reported_step)
         result = DriveResult(first_step=start.current_step)
@@ -99,11 +98,12 @@ def run_step(pipe: _Pipeline, step: int) -> dict[str, Any]:
         "train/leftover_groups": float(collected.leftovers),
         "rollout/stale_prompts": float(stale_prompts),
         "train/phase_staleness_steps_max": float(max(phase.step - g.phase.step for g in collected.groups)),
-        "reward/human_label_agreement": human_label_agreement(pipe.backend, collected),
     }
+    if pipe.setup.human_labels is not None:
+        metrics["reward/human_label_agreement"] = human_label_agreement(pipe.setup.human_labels, collected)
     generation_phases = sorted({g.phase.step: g.phase for g in collected.groups}.values(), key=lambda p: p.step)
     report = StepReport(
-        run_id=pipe.config.run_id, step=step, policy_version=POLICY_VERSION, phase=phase,
+        run_id=pipe.config.run_id, step=step, policy_version=pipe.setup.backend.policy_version, phase=phase,
         generation_phases=generation_phases, metrics=metrics,
     )  # fmt: skip
     report_when_running(pipe.controller, report)
@@ -115,7 +115,7 @@ def feed(pipe: _Pipeline, step: int) -> None:
     """Publish the step's prompt groups, except those already in flight from an interrupted attempt."""
     in_flight = pipe.collector.group_ids(step) | pipe.rollout.adopted_group_ids()
     rollout = pipe.config.rollout
-    for group in pipe.backend.prompt_groups(step, rollout.prompts_per_step, rollout.samples_per_prompt):
+    for group in pipe.setup.prompts.prompt_groups(step, rollout.prompts_per_step, rollout.samples_per_prompt):
         if group.group_id not in in_flight:
             pipe.prompts.publish(group)
 
@@ -154,12 +154,12 @@ def report_when_running(controller: ControllerClient, report: StepReport) -> Non
         controller.wait_until_resumed()
 
 
-def human_label_agreement(backend: ReplayBackend, collected: CollectedStep) -> float:
+def human_label_agreement(human_labels: Callable[[str, int], list[bool]], collected: CollectedStep) -> float:
     """Share of samples whose reward verdict (1.0 = correct) matches the recorded human label."""
     verdicts, labels = [], []
     for group in collected.groups:
         verdicts += [reward == 1.0 for reward in group.rewards]
-        labels += backend.human_labels(group.group_id, group.n)
+        labels += human_labels(group.group_id, group.n)
     return sum(v == h for v, h in zip(verdicts, labels, strict=True)) / len(labels)
 
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 
-from services.core.config import RunConfig
+from services.core.config import ConfigError, RunConfig
 from services.core.redis_conn import redact_url
 from services.process import ServiceExitedError
+from services.rollout.build import build_rollout
 from services.run.driver import drive
 from services.run.infra import local_infrastructure
 from services.run.preflight import preflight
@@ -33,8 +34,12 @@ class RunConflictError(RuntimeError):
 def run_main_job(
     config: RunConfig, *, out_dir: Path | None, redis_url: str | None, force_schedule: bool = False
 ) -> int:
-    backend = preflight(config)
+    preflight(config)
     world = ensure_world(config.world) if config.world is not None else None  # built on first use, then reused
+    try:
+        setup = build_rollout(config, world.path if world is not None else None)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"rollout.backend ({config.rollout.backend.type}): {exc}") from None
     run_dir = RunDirectory(out_dir or Path("runs") / config.run_id)
     staged = run_dir.stage_config(config)
     try:
@@ -47,7 +52,7 @@ def run_main_job(
                 f"reward server {ends.reward_url}, output {run_dir.path}",
                 flush=True,
             )
-            result = drive(config, ends, run_dir, backend, emit=_print_row)
+            result = drive(config, ends, run_dir, setup, emit=_print_row)
             summary: dict[str, Any] = {
                 "run_id": config.run_id,
                 "first_step": result.first_step,

@@ -1,27 +1,38 @@
 """What can be known before a run starts is checked before it starts (also by `rlvr run --dry-run`).
 
-The config schema already refused impossible combinations; here the run's inputs are opened: the data file must
-exist and hold what the config asks for, and the launcher's environment must not contradict the config.
+The config schema already refused impossible combinations; here the run's inputs are opened: the data files and
+the model directory must exist and hold what the config asks for, and the launcher's environment must not
+contradict the config.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from services.core.config import ConfigError, RunConfig
-from services.rollout.backends.replay import ReplayBackend, load_recorded_gsm8k
+from services.rollout.build import load_replay
+from services.rollout.feeder import load_prompt_rows
 
 
-def load_backend(config: RunConfig) -> ReplayBackend:
-    """The configured generation backend with its data loaded and checked against the config."""
-    backend_config = config.rollout.backend
+def check_rollout_inputs(config: RunConfig) -> None:
+    """Open the rollout's data and model as far as they exist before the world is prepared (a world the run builds
+    itself is checked by building it)."""
+    backend = config.rollout.backend
     try:
-        backend = ReplayBackend(load_recorded_gsm8k(backend_config.path))
-        backend.check_samples(config.rollout.samples_per_prompt)
+        if backend.type == "replay":
+            load_replay(config)
+            return
+        if backend.model is not None and not (Path(backend.model) / "config.json").is_file():
+            raise ValueError(f"model {backend.model} is not a Hugging Face model directory (no config.json)")
+        if backend.prompts is not None:
+            load_prompt_rows(
+                backend.prompts, input_key=backend.input_key, label_key=backend.label_key,
+                data_source_key=backend.data_source_key,
+            )  # fmt: skip
     except ValueError as exc:
-        raise ConfigError(f"rollout.backend ({backend_config.type}): {exc}") from None
-    return backend
+        raise ConfigError(f"rollout.backend ({backend.type}): {exc}") from None
 
 
 def check_environment(config: RunConfig, environ: Mapping[str, str] | None = None) -> None:
@@ -48,7 +59,7 @@ def _same_number(given: str, value: str) -> bool:
         return False
 
 
-def preflight(config: RunConfig) -> ReplayBackend:
-    """Every check that needs no running service; returns the loaded backend."""
+def preflight(config: RunConfig) -> None:
+    """Every check that needs no running service and no prepared world."""
     check_environment(config)
-    return load_backend(config)
+    check_rollout_inputs(config)

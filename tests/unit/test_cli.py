@@ -16,6 +16,7 @@ from services.core.config import load_run_config
 from tests.shared_data import REPO_ROOT, require_shared_data
 
 PRESET = str(REPO_ROOT / "deploy" / "presets" / "tiny-cpu.toml")
+REPLAY_PRESET = str(REPO_ROOT / "deploy" / "presets" / "replay-cpu.toml")
 
 
 def test_schedule_json_is_the_whole_resolved_curve(capsys: pytest.CaptureFixture[str]) -> None:
@@ -131,13 +132,13 @@ def no_reward_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("no_reward_env")
 def test_dry_run_refuses_more_samples_than_the_replay_data_holds(capsys: pytest.CaptureFixture[str]) -> None:
     require_shared_data("bench/gsm8k_example_model_solutions.jsonl")
-    code = main(["run", "--dry-run", "--config", PRESET, "--set", "rollout.samples_per_prompt=5"])
+    code = main(["run", "--dry-run", "--config", REPLAY_PRESET, "--set", "rollout.samples_per_prompt=5"])
     _assert_one_line_error(code, *capsys.readouterr(), "samples_per_prompt=5")
 
 
 @pytest.mark.usefixtures("no_reward_env")
 def test_dry_run_refuses_a_missing_replay_file(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["run", "--dry-run", "--config", PRESET, "--set", "rollout.backend.path=/nonexistent.jsonl"])
+    code = main(["run", "--dry-run", "--config", REPLAY_PRESET, "--set", "rollout.backend.path=/nonexistent.jsonl"])
     _assert_one_line_error(code, *capsys.readouterr(), "/nonexistent.jsonl")
 
 

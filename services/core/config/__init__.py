@@ -24,7 +24,14 @@ from services.core.config.policy_loss import (
 )
 from services.core.config.queues import QueueSettings
 from services.core.config.reward import RewardConfig
-from services.core.config.rollout import ReplayBackendConfig, RolloutBackendConfig, RolloutConfig
+from services.core.config.rollout import (
+    HFBackendConfig,
+    ReplayBackendConfig,
+    RolloutBackendConfig,
+    RolloutConfig,
+    SamplingConfig,
+    VLLMBackendConfig,
+)
 from services.core.config.run import RunConfig, canonical_json, config_differences
 from services.core.config.trainer import TrainerConfig
 from services.core.config.world import WorldConfig, WorldModelConfig, WorldSFTConfig, WorldTaskConfig
@@ -38,6 +45,7 @@ __all__ = [
     "ConfigError",
     "CreditConfig",
     "CreditStrategy",
+    "HFBackendConfig",
     "KLEstimator",
     "PolicyLossConfig",
     "QueueSettings",
@@ -47,8 +55,10 @@ __all__ = [
     "RolloutBackendConfig",
     "RolloutConfig",
     "RunConfig",
+    "SamplingConfig",
     "SeqMeanDenominator",
     "TrainerConfig",
+    "VLLMBackendConfig",
     "WorldConfig",
     "WorldModelConfig",
     "WorldSFTConfig",

@@ -13,7 +13,11 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
-PATH_FIELDS: tuple[tuple[str, ...], ...] = (("rollout", "backend", "path"),)
+PATH_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("rollout", "backend", "path"),
+    ("rollout", "backend", "model"),
+    ("rollout", "backend", "prompts"),
+)
 """Every DataPath field of the run config, by its key path (a test checks the list against the schema)."""
 
 

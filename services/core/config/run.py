@@ -23,7 +23,10 @@ from services.core.config.world import WorldConfig
 from services.core.schedule import MAX_TOTAL_STEPS, Schedule, ScheduleConfig
 from services.core.wire import RUN_ID_PATTERN
 
-OPERATIONAL_FIELDS: dict[str, Any] = {"reward": {"workers"}}
+OPERATIONAL_FIELDS: dict[str, Any] = {
+    "reward": {"workers"},
+    "rollout": {"workers", "worker_cpus", "worker_gpus"},
+}
 """Settings that may change when a run resumes (they change speed, not what is trained): not fingerprinted."""
 
 
@@ -57,6 +60,14 @@ class RunConfig(BaseModel):
                 f"credit.strategy={strategy!r} needs per-token entropies from a forward pass of the policy, and the "
                 "replay backend has no policy: use strategy 'tp' or 'none' with replay"
             )
+        if backend in ("hf", "vllm") and self.world is None:
+            policy = self.rollout.backend
+            missing = [name for name in ("model", "prompts") if getattr(policy, name) is None]
+            if missing:
+                raise ValueError(
+                    f"rollout.backend ({backend}) has no {' or '.join(missing)} and the run has no [world] section "
+                    "to take it from: set rollout.backend." + " and rollout.backend.".join(missing) + ", or add [world]"
+                )
         if self.rollout.prompts_per_step > self.queues.max_len:
             raise ValueError(
                 f"rollout.prompts_per_step={self.rollout.prompts_per_step} exceeds queues.max_len="

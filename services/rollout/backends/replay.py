@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +123,13 @@ class ReplayBackend:
     def token_ids(self, text: str) -> list[int]:
         return byte_token_ids(text)
 
-    def generate(self, group: PromptGroup) -> list[RecordedSample]:
-        return list(self._problem(group.group_id).samples[: group.n])
+    @property
+    def policy_version(self) -> int:
+        """Recorded text comes from no policy of this run: always version 0."""
+        return 0
+
+    def generate(self, groups: Sequence[PromptGroup]) -> list[list[RecordedSample]]:
+        return [list(self._problem(group.group_id).samples[: group.n]) for group in groups]
 
     def human_labels(self, group_id: str, n: int) -> list[bool]:
         """The human correctness labels of a group's first `n` recorded samples (to audit the reward server)."""

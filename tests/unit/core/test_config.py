@@ -127,8 +127,9 @@ def test_the_resolved_config_round_trips_through_json(tmp_path: Path, monkeypatc
 
 def test_fingerprint_ignores_operational_settings_only() -> None:
     base = load_run_config(PRESETS / "tiny-cpu.toml")
-    assert load_run_config(PRESETS / "tiny-cpu.toml", ["reward.workers=7"]).fingerprint() == base.fingerprint()
-    for override in ("credit.strategy=none", "rollout.prompts_per_step=8"):
+    for operational in ("reward.workers=7", "rollout.workers=3", "rollout.worker_cpus=0.5", "rollout.worker_gpus=1"):
+        assert load_run_config(PRESETS / "tiny-cpu.toml", [operational]).fingerprint() == base.fingerprint()
+    for override in ("credit.strategy=none", "rollout.prompts_per_step=8", "rollout.sampling.temperature=0.7"):
         assert load_run_config(PRESETS / "tiny-cpu.toml", [override]).fingerprint() != base.fingerprint(), override
 
 
@@ -149,7 +150,7 @@ def test_total_steps_bound() -> None:
 @pytest.mark.parametrize("strategy", ["forking", "entropy_adv"])
 def test_entropy_strategies_are_refused_with_replay(strategy: str) -> None:
     with pytest.raises(ConfigError, match=f"credit.strategy='{strategy}' needs per-token entropies"):
-        load_run_config(PRESETS / "tiny-cpu.toml", [f"credit.strategy={strategy}"])
+        load_run_config(PRESETS / "replay-cpu.toml", [f"credit.strategy={strategy}"])
 
 
 @pytest.mark.parametrize(
@@ -160,6 +161,11 @@ def test_entropy_strategies_are_refused_with_replay(strategy: str) -> None:
         ("schedule.mode=cosine", "schedule.mode: "),
         ("credit.entropy_kappa=0", "credit.entropy_kappa: "),
         ("trainer.policy_loss.clip_eps_low=1.5", "trainer.policy_loss: "),
+        ("rollout.sampling.temperature=0", "rollout.sampling.temperature: "),
+        ("rollout.sampling.top_p=1.5", "rollout.sampling.top_p: "),
+        ('rollout.sampling.stop=["x", ""]', "rollout.sampling.stop: "),
+        ("rollout.backend.type=sglang", "rollout.backend: "),
+        ("rollout.worker_cpus=0", "rollout.worker_cpus: "),
     ],
 )
 def test_error_messages_name_the_field_without_pydantic_links(override: str, where: str) -> None:
@@ -177,8 +183,8 @@ def _data_path_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> s
     found: set[tuple[str, ...]] = set()
     for name, info in model.model_fields.items():
         key = (*prefix, name)
-        if any(mark in _DATA_PATH_MARKS for mark in info.metadata):
-            found.add(key)
+        if any(mark in _DATA_PATH_MARKS for mark in info.metadata) or DataPath in get_args(info.annotation):
+            found.add(key)  # a DataPath field, or an optional one (DataPath | None)
         for sub in _models_in(info.annotation):
             found |= _data_path_fields(sub, key)
     return found

@@ -46,22 +46,39 @@ def _forward_logprobs(backend: HFBackend, tokens: tuple[int, ...]) -> torch.Tens
 
 def test_samples_carry_token_ids_logprobs_and_finish_reasons(model_dir: Path) -> None:
     backend = _backend(model_dir)
-    samples = backend.generate(_group())
-    assert len(samples) == 3
-    for sample in samples:
+    batch = backend.generate([_group(), _group("s1-g1", n=2)])
+    assert [len(samples) for samples in batch] == [3, 2]
+    eos = backend._tokenizer.eos_token_id
+    for sample in batch[0] + batch[1]:
         assert sample.logprobs is not None and len(sample.logprobs) == len(sample.token_ids)
         assert sample.finish_reason in ("stop", "length")
-        assert backend._tokenizer.decode(list(sample.token_ids)) == sample.text
+        # the EOS that ended a sample is trained (so it is in the token ids), never in the text
+        text_ids = list(sample.token_ids[:-1] if sample.finish_reason == "stop" else sample.token_ids)
+        assert (sample.token_ids[-1] == eos) == (sample.finish_reason == "stop")
+        assert backend._tokenizer.decode(text_ids) == sample.text
         if sample.token_ids:
             want = _forward_logprobs(backend, sample.token_ids)
             assert torch.allclose(torch.tensor(sample.logprobs), want, atol=1e-5)
-    assert samples == backend.generate(_group())  # a redelivered group is generated again identically
-    assert samples != backend.generate(_group("s1-g1"))
+    assert batch == backend.generate([_group(), _group("s1-g1", n=2)])  # the same batch is generated again alike
+    assert batch[0] != backend.generate([_group("s1-g2")])[0]
+
+
+def test_stop_strings_end_samples_at_the_completing_token(model_dir: Path) -> None:
+    free = _backend(model_dir).generate([_group(n=4)])[0]
+    stop = next(s.text[2:4] for s in free if len(s.text) > 4 and s.finish_reason == "length")
+    backend = HFBackend.from_dir(model_dir, SamplingSettings(temperature=1.0, max_new_tokens=16, seed=7, stop=(stop,)))
+    stopped = [s for s in backend.generate([_group(n=4)])[0] if stop in s.text]
+    assert stopped  # the same seed draws the same first sample, which holds the stop string
+    for sample in stopped:
+        assert sample.finish_reason == "stop"
+        shorter = backend._tokenizer.decode(list(sample.token_ids[:-1]))
+        assert stop not in shorter  # the answer ends with the token that completes the stop string
+        assert sample.logprobs is not None and len(sample.logprobs) == len(sample.token_ids)
 
 
 def test_new_weights_change_the_policy_and_its_version(model_dir: Path) -> None:
     backend = _backend(model_dir)
-    sample = backend.generate(_group(n=1))[0]
+    sample = backend.generate([_group(n=1)])[0][0]
     before = _forward_logprobs(backend, sample.token_ids)
     weights = {name: t + 0.05 * torch.randn_like(t) for name, t in backend._model.state_dict().items()}
     backend.load_weights(weights, policy_version=1)

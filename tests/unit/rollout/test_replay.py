@@ -36,7 +36,7 @@ def test_groups_cycle_through_problems_and_replay_samples(tmp_path: Path) -> Non
     assert [g.group_id for g in groups] == ["s2-gsm8k-00002", "s2-gsm8k-00001", "s2-gsm8k-00002"]
     assert [g.label for g in groups] == ["5", "1234", "5"]
     assert groups[0].prompt_token_ids == byte_token_ids("q?")
-    samples = backend.generate(groups[0])
+    samples = backend.generate(groups[:1])[0]
     assert [s.text for s in samples] == ["6b_finetuning says 7", "6b_verification says 7"]
     with pytest.raises(ValueError, match="samples_per_prompt=5"):
         backend.prompt_groups(step=1, count=1, n=5)

@@ -1,4 +1,5 @@
-"""Preflight: the environment must not contradict the config, the replay data must hold what the config asks."""
+"""Preflight: the environment must not contradict the config, the replay data must hold what the config asks, and a
+policy backend's explicit model directory and prompt file must be what they claim."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from services.core.config import ConfigError, RunConfig
 from services.rollout.backends.replay import RECORDED_MODELS
-from services.run.preflight import check_environment, load_backend
+from services.run.preflight import check_environment, check_rollout_inputs
 from tests.run_configs import run_config
 
 
@@ -59,25 +60,71 @@ def test_unrelated_variables_are_ignored(tmp_path: Path) -> None:
 
 def test_load_backend_reads_the_data(tmp_path: Path) -> None:
     data = _write(tmp_path / "ok.jsonl", "".join(json.dumps(_row()) + "\n" for _ in range(3)))
-    backend = load_backend(_replay_config(data, samples_per_prompt=4))
-    assert backend.max_samples == len(RECORDED_MODELS)
+    check_rollout_inputs(_replay_config(data, samples_per_prompt=len(RECORDED_MODELS)))
 
 
 def test_load_backend_refuses_a_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.jsonl"
     with pytest.raises(ConfigError, match="cannot be read") as err:
-        load_backend(_replay_config(missing))
+        check_rollout_inputs(_replay_config(missing))
     assert str(missing) in str(err.value) and "rollout.backend (replay)" in str(err.value)
 
 
 def test_load_backend_refuses_invalid_json_naming_the_line(tmp_path: Path) -> None:
     data = _write(tmp_path / "bad.jsonl", json.dumps(_row()) + "\n" + '{"question": \n')
     with pytest.raises(ConfigError, match="line 2: not valid JSON"):
-        load_backend(_replay_config(data))
+        check_rollout_inputs(_replay_config(data))
 
 
 def test_load_backend_refuses_more_samples_than_recorded(tmp_path: Path) -> None:
     data = _write(tmp_path / "ok.jsonl", json.dumps(_row()) + "\n")
     with pytest.raises(ConfigError, match="samples_per_prompt=5") as err:
-        load_backend(_replay_config(data, samples_per_prompt=5))
+        check_rollout_inputs(_replay_config(data, samples_per_prompt=5))
     assert "holds only 4" in str(err.value)
+
+
+def _policy_config(model: Path | None, prompts: Path | None, backend: str = "hf") -> RunConfig:
+    fields = {k: str(v) for k, v in (("model", model), ("prompts", prompts)) if v is not None}
+    return run_config("preflight-test", 10, rollout={"backend": {"type": backend, **fields}})
+
+
+def _model_dir(tmp_path: Path) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}", encoding="utf-8")
+    return model
+
+
+def test_policy_inputs_are_opened(tmp_path: Path) -> None:
+    row = {"prompt": "1+1", "label": "2", "data_source": "math"}
+    prompts = _write(tmp_path / "p.jsonl", json.dumps(row) + "\n")
+    check_rollout_inputs(_policy_config(_model_dir(tmp_path), prompts))
+    check_rollout_inputs(_policy_config(_model_dir(tmp_path / ".."), prompts, "vllm"))
+
+
+def test_a_model_dir_without_config_is_refused(tmp_path: Path) -> None:
+    prompts = _write(tmp_path / "p.jsonl", json.dumps({"prompt": "q", "label": "1", "data_source": "math"}) + "\n")
+    with pytest.raises(ConfigError, match=r"rollout.backend \(hf\): model .*\(no config\.json\)"):
+        check_rollout_inputs(_policy_config(tmp_path, prompts))
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt": "q", "label": 3, "data_source": "math"}, "line 1: 'label' must be a non-empty string"),
+        ({"prompt": "", "label": "1", "data_source": "math"}, "line 1: 'prompt' must be a non-empty string"),
+        ({"prompt": "q", "label": "1"}, "line 1: 'data_source' must be a non-empty string, got None"),
+        ([1, 2], "line 1: expected a JSON object"),
+    ],
+)
+def test_bad_prompt_rows_are_refused_naming_the_line(tmp_path: Path, row: object, message: str) -> None:
+    prompts = _write(tmp_path / "p.jsonl", json.dumps(row) + "\n")
+    with pytest.raises(ConfigError, match=message):
+        check_rollout_inputs(_policy_config(_model_dir(tmp_path), prompts))
+
+
+def test_a_policy_backend_without_a_world_needs_its_inputs_named() -> None:
+    with pytest.raises(ValueError, match="has no model or prompts and the run has no \\[world\\]"):
+        _policy_config(None, None)
+    with pytest.raises(ValueError, match="has no prompts"):
+        _policy_config(Path("/m"), None)
