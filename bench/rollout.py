@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +33,12 @@ import torch
 from services.core.config import WorldModelConfig
 from services.core.wire import PromptGroup
 from services.rollout.weights import fetch_newer, find_weight_store, publish_weights, weight_store
-from tests.tiny_models import write_prompts, write_tiny_model
 from trainer.generation import SamplingSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.tiny_models import write_prompts, write_tiny_model  # noqa: E402
 
 PROMPTS, SAMPLES = 16, 8
 
@@ -138,6 +143,7 @@ def bench_actor(
         round_trips.append(time.perf_counter() - started)
     state = _perturbed_state(model_dir)
     store = weight_store(run_id)  # held until the actor has synced: a dropped handle ends the store
+    ray.get(store.latest_version.remote())  # the store actor is up: its start-up is not part of a weight sync
     published = time.perf_counter()
     publish_weights(store, state, version)
     publish_s = time.perf_counter() - published

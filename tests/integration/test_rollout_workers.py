@@ -178,6 +178,7 @@ def test_a_killed_workers_groups_are_finished_by_the_other(pipeline: dict[str, A
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(victim_run)
     survivor_run = survivor.run.remote()
+
     def diagnose() -> object:
         prompts = RedisStreamQueue(connect(redis_url), PROMPTS, config.run_id, config.queues)
         pending = prompts.client.xpending(prompts.key, prompts.spec.group)

@@ -78,7 +78,10 @@ class VLLMBackendConfig(PolicyBackendFields):
     enforce_eager: bool = Field(
         default=True, description="Skip graph compilation: a faster start (~36 s less on CPU), a slower steady state."
     )
-    max_model_len: int = Field(default=1024, ge=16, le=1_048_576, description="Longest prompt + answer, in tokens.")
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=1_048_576,
+        description="Longest prompt + answer, in tokens. Absent: the model's own limit (max_position_embeddings).",
+    )  # fmt: skip
     gpu_memory_utilization: float = Field(
         default=0.5, gt=0.0, le=1.0, description="Share of a GPU's memory the engine may take (GPU only)."
     )

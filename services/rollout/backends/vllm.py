@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import multiprocessing
 import multiprocessing.resource_tracker
 import os
@@ -104,6 +105,12 @@ class PolicyWorkerExtension:
 EXTENSION_PATH = f"{PolicyWorkerExtension.__module__}.{PolicyWorkerExtension.__qualname__}"
 
 
+def _model_max_len(path: Path) -> int:
+    """The longest sequence the model's config allows (what vLLM derives when `max_model_len` is not given)."""
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("max_position_embeddings") or CPU_STEP_TOKENS)
+
+
 class VLLMBackend:
     """Samples prompt groups with a vLLM engine owned by this object (its processes end with `close`)."""
 
@@ -116,7 +123,7 @@ class VLLMBackend:
         *,
         dtype: str = "float32",
         enforce_eager: bool = True,
-        max_model_len: int = 1024,
+        max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.5,
         cpu_kv_cache_gib: float = 1.0,
         policy_version: int = 0,
@@ -145,7 +152,7 @@ class VLLMBackend:
                 # generator, which a seeded CPU generator cannot do (vLLM 0.32 dies: "CPU Generator does not use
                 # offset"); whole prompts need a step budget of at least one full sequence
                 "enable_chunked_prefill": False,
-                "max_num_batched_tokens": max(max_model_len, CPU_STEP_TOKENS),
+                "max_num_batched_tokens": max(max_model_len or _model_max_len(path), CPU_STEP_TOKENS),
             }
         try:
             self._llm: Any = LLM(
