@@ -5,7 +5,8 @@ For 16 prompts x 8 samples (the issue's shape), side by side in one run on the s
   - `hf_actor`: the hf backend inside a Ray actor, timed inside the actor (and the round trip from the driver);
   - `vllm_actor`: the vllm backend inside a Ray actor; engine start-up and the first batch (which compiles or warms
     up) are reported apart from the steady state.
-Each reports generated tokens/s and samples/s (median over `--repeats` batches, all runs listed), and
+The contenders alternate batch by batch (plain, hf, vllm, plain, ...), so a change of load hits them alike. Each
+reports generated tokens/s and samples/s (median over `--repeats` batches, all runs listed), and
 `hf_vs_plain` is the ratio the issue targets (>= 0.9). `weight_sync` times a full update through the object store:
 the driver's `publish_weights` and the actor's fetch + load (hf and vllm).
 
@@ -41,6 +42,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from tests.tiny_models import write_prompts, write_tiny_model  # noqa: E402
 
 PROMPTS, SAMPLES = 16, 8
+FIRST_BATCH: dict[str, dict[str, float]] = {}
 
 
 class BenchActor:
@@ -90,33 +92,34 @@ class BenchActor:
             close()
 
 
-def plain_loop(
-    model_dir: Path, groups: list[PromptGroup], settings: SamplingSettings, repeats: int
-) -> list[dict[str, float]]:
-    """The reference: transformers `generate` on the same rows (left-padded, same sampling rule, top_k=0)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class PlainLoop:
+    """The reference: transformers `generate` on the same rows in this process (left-padded, same sampling rule,
+    top_k=0, all 128 rows in one call)."""
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    tokenizer.padding_side = "left"
-    rows = [g.prompt for g in groups for _ in range(g.n)]
-    batch = tokenizer(rows, return_tensors="pt", padding=True, add_special_tokens=False)
-    runs = []
-    for repeat in range(repeats):
-        torch.manual_seed(repeat)
+    def __init__(self, model_dir: Path, groups: list[PromptGroup], settings: SamplingSettings) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        self.tokenizer.padding_side = "left"
+        self.rows = [g.prompt for g in groups for _ in range(g.n)]
+        self.batch = self.tokenizer(self.rows, return_tensors="pt", padding=True, add_special_tokens=False)
+        self.settings = settings
+
+    def generate(self, seed: int) -> dict[str, float]:
+        torch.manual_seed(seed)
+        eos, settings = self.tokenizer.eos_token_id, self.settings
         started = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(
-                **batch, do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
-                max_new_tokens=settings.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.eos_token_id,
+            out = self.model.generate(
+                **self.batch, do_sample=True, temperature=settings.temperature, top_p=settings.top_p, top_k=0,
+                max_new_tokens=settings.max_new_tokens, eos_token_id=eos, pad_token_id=eos,
             )  # fmt: skip
         seconds = time.perf_counter() - started
-        new = out[:, batch["input_ids"].shape[1] :]
-        ended = (new == tokenizer.eos_token_id).int()
+        new = out[:, self.batch["input_ids"].shape[1] :]
+        ended = (new == eos).int()
         lengths = torch.where(ended.any(1), ended.argmax(1) + 1, torch.full_like(ended[:, 0], new.shape[1]))
-        runs.append({"seconds": seconds, "tokens": int(lengths.sum()), "samples": len(rows)})
-    return runs
+        return {"seconds": seconds, "tokens": int(lengths.sum()), "samples": len(self.rows)}
 
 
 def summary(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -129,34 +132,40 @@ def summary(runs: list[dict[str, float]]) -> dict[str, Any]:
     }
 
 
-def bench_actor(
-    kind: str, model_dir: Path, groups: list[PromptGroup], settings: SamplingSettings, args: argparse.Namespace,
-    run_id: str, version: int,
-) -> dict[str, Any]:  # fmt: skip
-    actor = ray.remote(num_cpus=1)(BenchActor).remote(kind, str(model_dir), settings, args.threads)
-    start_s = ray.get(actor.start_seconds.remote())
-    first = ray.get(actor.generate.remote(groups))
-    runs, round_trips = [], []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        runs.append(ray.get(actor.generate.remote(groups)))
-        round_trips.append(time.perf_counter() - started)
+def start_actor(kind: str, model_dir: Path, groups: list[PromptGroup], settings: SamplingSettings, threads: int) -> Any:
+    """A backend actor, started and past its first batch (reported apart: it compiles and warms up)."""
+    actor = ray.remote(num_cpus=1)(BenchActor).remote(kind, str(model_dir), settings, threads)
+    FIRST_BATCH[kind] = ray.get(actor.generate.remote(groups))
+    return actor
+
+
+def timed_round_trip(actor: Any, groups: list[PromptGroup]) -> dict[str, float]:
+    started = time.perf_counter()
+    run = dict(ray.get(actor.generate.remote(groups)))
+    run["round_trip_s"] = time.perf_counter() - started
+    return run
+
+
+def weight_sync(actor: Any, model_dir: Path, run_id: str) -> dict[str, float]:
+    """One update through the object store: the driver's publish, then the actor's fetch and load."""
     state = _perturbed_state(model_dir)
     store = weight_store(run_id)  # held until the actor has synced: a dropped handle ends the store
     ray.get(store.latest_version.remote())  # the store actor is up: its start-up is not part of a weight sync
     published = time.perf_counter()
-    publish_weights(store, state, version)
+    publish_weights(store, state, 1)
     publish_s = time.perf_counter() - published
     sync = ray.get(actor.sync.remote(run_id))
-    ray.get(actor.close.remote())
-    ray.kill(actor)
     ray.kill(store)
+    return {"publish_s": round(publish_s, 4), **{k: round(v, 4) for k, v in sync.items()}}
+
+
+def report(kind: str, actor: Any, runs: list[dict[str, float]], sync: dict[str, float]) -> dict[str, Any]:
     return {
-        "start_s": round(start_s, 2),
-        "first_batch_s": round(first["seconds"], 3),
+        "start_s": round(ray.get(actor.start_seconds.remote()), 2),
+        "first_batch_s": round(FIRST_BATCH[kind]["seconds"], 3),
         "steady": summary(runs),
-        "round_trip_s": [round(t, 3) for t in round_trips],
-        "weight_sync": {"publish_s": round(publish_s, 4), **{k: round(v, 4) for k, v in sync.items()}},
+        "round_trip_s": [round(r["round_trip_s"], 3) for r in runs],
+        "weight_sync": sync,
     }
 
 
@@ -171,7 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a Hugging Face model directory (default: an untrained tiny one)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every contender")
     parser.add_argument("--no-vllm", action="store_true")
     args = parser.parse_args()
@@ -185,14 +194,29 @@ def main() -> None:
         1, PROMPTS, SAMPLES
     )
     settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
-    plain = summary(plain_loop(model_dir, groups, settings, args.repeats))
+    plain = PlainLoop(model_dir, groups, settings)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="rlvr-bench")
     try:
-        hf = bench_actor("hf", model_dir, groups, settings, args, "bench-hf", 1)
-        vllm = None if args.no_vllm else bench_actor("vllm", model_dir, groups, settings, args, "bench-vllm", 1)
+        kinds = ["hf"] if args.no_vllm else ["hf", "vllm"]
+        actors = {kind: start_actor(kind, model_dir, groups, settings, args.threads) for kind in kinds}
+        plain.generate(seed=10_000)  # warm-up, like the actors' first batch
+        runs: dict[str, list[dict[str, float]]] = {"plain": [], **{kind: [] for kind in kinds}}
+        for repeat in range(args.repeats):  # contenders alternate, so load changes hit them alike
+            runs["plain"].append(plain.generate(seed=repeat))
+            for kind, actor in actors.items():
+                runs[kind].append(timed_round_trip(actor, groups))
+        reports = {
+            kind: report(kind, actor, runs[kind], weight_sync(actor, model_dir, f"bench-{kind}"))
+            for kind, actor in actors.items()
+        }
+        for actor in actors.values():
+            ray.get(actor.close.remote())
+            ray.kill(actor)
     finally:
         ray.shutdown()
+    plain_summary = summary(runs["plain"])
+    hf, vllm = reports["hf"], reports.get("vllm")
     result: dict[str, Any] = {
         "bench": "rollout",
         "shape": {
@@ -202,11 +226,11 @@ def main() -> None:
             "threads": args.threads,
         },
         "model": str(model_dir),
-        "plain": plain,
+        "plain": plain_summary,
         "hf_actor": hf,
-        "hf_vs_plain": round(hf["steady"]["tokens_per_s"] / plain["tokens_per_s"], 3),
+        "hf_vs_plain": round(hf["steady"]["tokens_per_s"] / plain_summary["tokens_per_s"], 3),
         "vllm_actor": vllm,
-        "vllm_vs_plain": round(vllm["steady"]["tokens_per_s"] / plain["tokens_per_s"], 3) if vllm else None,
+        "vllm_vs_plain": round(vllm["steady"]["tokens_per_s"] / plain_summary["tokens_per_s"], 3) if vllm else None,
         "torch": torch.__version__,
     }
     print(json.dumps(result))

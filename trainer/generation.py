@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-FinishReason = Literal["stop", "length"]
+from services.core.wire import FinishReason
 
 
 @dataclass(frozen=True)

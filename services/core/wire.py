@@ -17,6 +17,7 @@ SCHEMA_VERSION: Literal[1] = 1
 RUN_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 TOKEN_ID_LIMIT = 2**31  # token ids travel as int32 on Redis (wire_codec.py); every real vocabulary fits
 RewardStatus = Literal["ok", "timeout", "error", "invalid"]
+FinishReason = Literal["stop", "length"]
 TokenId = Annotated[int, Field(ge=0, lt=TOKEN_ID_LIMIT)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
@@ -123,6 +124,11 @@ class ScoredGroup(WireModel):
     logprobs: list[list[FiniteFloat]] | None = Field(
         default=None, description="Per sample, per token: the engine's log-probability; None if not returned."
     )
+    finish_reasons: list[FinishReason] | None = Field(
+        default=None,
+        description="Per sample: why generation ended, `stop` (EOS or a stop string) or `length` (the token limit); "
+        "None when the backend has no engine (replay).",
+    )
     rewards: list[FiniteFloat] = Field(description="Per sample: the reward (finite; failed scoring gives 0 + status).")
     reward_status: list[RewardStatus] = Field(description="Per sample: how scoring went (ok|timeout|error|invalid).")
     policy_version: int = Field(ge=0, description="Version of the weights that generated the samples.")
@@ -148,6 +154,8 @@ class ScoredGroup(WireModel):
         lengths = {"rewards": len(self.rewards), "reward_status": len(self.reward_status)}
         if self.logprobs is not None:
             lengths["logprobs"] = len(self.logprobs)
+        if self.finish_reasons is not None:
+            lengths["finish_reasons"] = len(self.finish_reasons)
         wrong = {name: size for name, size in lengths.items() if size != n}
         if wrong:
             raise ValueError(

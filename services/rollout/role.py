@@ -26,7 +26,7 @@ from reward_server.client import RewardClient, RewardServerUnavailableError, Sco
 from services.controller.client import ControllerClient
 from services.core.queues import Delivery, MessageQueue, receive
 from services.core.schedule import Phase
-from services.core.wire import PromptGroup, ScoredGroup
+from services.core.wire import FinishReason, PromptGroup, ScoredGroup
 from services.rollout.metrics import RolloutMetrics
 
 ADOPT_BATCH = 512
@@ -34,8 +34,8 @@ REWARD_WAIT_MAX_S = 5.0  # cap of the backoff between scoring attempts while the
 
 
 class GeneratedSample(Protocol):
-    """One sample as a backend returns it: its text, the token ids the engine produced, and the sampling policy's
-    per-token log-probs (None when the backend has no policy, as replay)."""
+    """One sample as a backend returns it: its text, the token ids the engine produced, the sampling policy's
+    per-token log-probs and why generation ended (both None when the backend has no policy, as replay)."""
 
     @property
     def text(self) -> str: ...
@@ -45,6 +45,9 @@ class GeneratedSample(Protocol):
 
     @property
     def logprobs(self) -> Sequence[float] | None: ...
+
+    @property
+    def finish_reason(self) -> FinishReason | None: ...
 
 
 class GenerationBackend(Protocol):
@@ -177,6 +180,7 @@ class RolloutRole:
                     prompt_token_ids=group.prompt_token_ids or self._backend.token_ids(group.prompt),
                     response_token_ids=[list(s.token_ids) for s in samples],
                     logprobs=_logprobs(samples),
+                    finish_reasons=_finish_reasons(samples),
                     rewards=[r.reward for r in group_results],
                     reward_status=[r.status for r in group_results],
                     policy_version=version,
@@ -216,3 +220,8 @@ def _logprobs(samples: Sequence[GeneratedSample]) -> list[list[float]] | None:
     if any(lp is None for lp in per_sample):
         return None
     return [list(lp) for lp in per_sample if lp is not None]
+
+
+def _finish_reasons(samples: Sequence[GeneratedSample]) -> list[FinishReason] | None:
+    reasons = [s.finish_reason for s in samples]
+    return None if any(r is None for r in reasons) else [r for r in reasons if r is not None]

@@ -39,6 +39,7 @@ class PipelineStuckError(RuntimeError):
 @dataclass
 class DriveResult:
     first_step: int
+    rollout_metrics_url: str
     steps_run: int = 0
     complete: bool = False
     accounting: dict[str, int] = field(default_factory=dict)
@@ -65,11 +66,14 @@ def drive(
         prompts = RedisStreamQueue(client, PROMPTS, config.run_id, config.queues)
         rollouts = RedisStreamQueue(client, ROLLOUTS, config.run_id, config.queues)
         rollout = RolloutRole(setup.backend, reward, controller, prompts, rollouts, new_consumer_name("rollout"))
+        rollout.metrics.describe(config.rollout.backend.type)
+        metrics_port = rollout.metrics.serve(host="127.0.0.1")  # the in-process rollout's metrics, as a worker's
+        print(f"rlvr run {config.run_id}: rollout metrics http://127.0.0.1:{metrics_port}/metrics", flush=True)
         collector = StepCollector(rollouts, new_consumer_name("trainer"), config.rollout.prompts_per_step)
         pipe = _Pipeline(config, setup, controller, prompts, rollout, collector, rollouts)
         start = controller.get_phase()
         fill_missing_steps(run_dir, controller, start.last_reported_step)
-        result = DriveResult(first_step=start.current_step)
+        result = DriveResult(first_step=start.current_step, rollout_metrics_url=f"http://127.0.0.1:{metrics_port}")
         # This driver is the run's only consumer: whatever a dead earlier attempt held is ours to finish.
         result.accounting["adopted_entries"] = rollout.adopt_abandoned() + collector.adopt_abandoned()
         for step in range(start.current_step, config.total_steps + 1):

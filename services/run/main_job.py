@@ -62,6 +62,7 @@ def run_main_job(
                 "world": world_summary(world) if world is not None else None,
                 "controller": scrape(ends.controller_url, "rlvr_controller_"),
                 "reward_server": scrape(ends.reward_url, "rlvr_reward_"),
+                "rollout": scrape(result.rollout_metrics_url, "rlvr_rollout_"),
             }
     except ServiceExitedError as exc:
         run_dir.discard_staged()
@@ -69,7 +70,10 @@ def run_main_job(
             raise RunConflictError(exc.reason.removeprefix("rlvr controller: error: ")) from None
         raise
     run_dir.write_summary(summary)
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("controller", "reward_server")}), flush=True)
+    print(
+        json.dumps({k: v for k, v in summary.items() if k not in ("controller", "reward_server", "rollout")}),
+        flush=True,
+    )
     return EXIT_COMPLETE if result.complete else EXIT_INCOMPLETE
 
 

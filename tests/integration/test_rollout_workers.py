@@ -163,6 +163,7 @@ def test_two_workers_share_a_stream_with_nothing_lost_or_duplicated(pipeline: di
         assert group.policy_version == 0 and len(group.rewards) == 2 and group.logprobs is not None
         assert set(group.reward_status) <= {"ok", "invalid"}  # graded by the server, never an outage's zero
         assert [len(lp) for lp in group.logprobs] == [len(ids) for ids in group.response_token_ids]
+        assert group.finish_reasons is not None and set(group.finish_reasons) <= {"stop", "length"}
     prompts = RedisStreamQueue(connect(redis_url), PROMPTS, config.run_id, config.queues)
     assert prompts.stats().pending == 0  # every prompt acked
 

@@ -104,7 +104,7 @@ class SamplingConfig(BaseModel):
         default=1.0, gt=0.0, le=1.0, allow_inf_nan=False,
         description="Nucleus sampling: sample from the smallest token set holding this much probability.",
     )  # fmt: skip
-    max_new_tokens: int = Field(default=256, ge=1, le=32_768, description="Token limit of one answer.")
+    max_new_tokens: int = Field(default=256, ge=1, le=262_144, description="Token limit of one answer.")
     stop: tuple[str, ...] = Field(
         default=(), description="Stop strings: an answer ends with the token completing one (kept in the answer)."
     )

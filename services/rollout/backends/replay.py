@@ -35,6 +35,11 @@ class RecordedSample:
         """Recorded text has no sampling policy, so no log-probs."""
         return None
 
+    @property
+    def finish_reason(self) -> None:
+        """Recorded text does not say how its generation ended."""
+        return None
+
 
 @dataclass(frozen=True)
 class RecordedProblem:

@@ -60,9 +60,9 @@ from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.platforms import current_platform
 
-from services.core.wire import PromptGroup
+from services.core.wire import FinishReason, PromptGroup
 from services.rollout.backends.hf import check_model_dir, check_weights
-from trainer.generation import Completion, FinishReason, SamplingSettings
+from trainer.generation import Completion, SamplingSettings
 
 GIB = 1 << 30
 ENGINE_DTYPES = ("float32", "bfloat16", "float16")
