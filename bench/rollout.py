@@ -39,7 +39,7 @@ from trainer.generation import SamplingSettings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.tiny_models import write_prompts, write_tiny_model  # noqa: E402
+from tests.tiny_models import perturbed_weights, write_prompts, write_tiny_model  # noqa: E402
 
 PROMPTS, SAMPLES = 16, 8
 FIRST_BATCH: dict[str, dict[str, float]] = {}
@@ -173,7 +173,7 @@ def _perturbed_state(model_dir: Path) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    return {name: t + 0.01 * torch.randn_like(t) for name, t in model.state_dict().items()}
+    return perturbed_weights(model, seed=0, scale=0.01)
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ import json
 import random
 from pathlib import Path
 
+import torch
+
 from services.core.config import WorldModelConfig
 from trainer.world.policy import build_policy
 from trainer.world.tasks import DATA_SOURCE, generate_problem
@@ -35,3 +37,15 @@ def write_prompts(path: Path, count: int, seed: int = 0) -> Path:
         rows.append({"prompt": problem.prompt, "label": str(problem.answer), "data_source": DATA_SOURCE})
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+def perturbed_weights(model: torch.nn.Module, seed: int, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """A copy of the model's state dict moved by Gaussian noise, parameter by parameter: names the model ties to one
+    tensor (a tied LM head and its embedding) stay equal, as in a trainer's state dict."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = {id(p): scale * torch.randn(p.shape, generator=generator) for p in model.parameters()}
+    params = dict(model.named_parameters(remove_duplicate=False))
+    return {
+        name: tensor.detach() + noise[id(params[name])] if name in params else tensor.detach().clone()
+        for name, tensor in model.state_dict().items()
+    }

@@ -234,6 +234,8 @@ def test_new_weights_are_loaded_in_place_and_bad_ones_refused(
         engine.load_weights({k: v for k, v in own.items() if k != "model.norm.weight"}, policy_version=version + 1)
     with pytest.raises(WeightMismatchError, match="unknown"):
         engine.load_weights({**own, "model.extra.weight": torch.zeros(3)}, policy_version=version + 1)
+    with pytest.raises(WeightMismatchError, match="tied weights differ"):
+        engine.load_weights({**own, "lm_head.weight": own["lm_head.weight"] + 1.0}, policy_version=version + 1)
     with pytest.raises(ValueError, match="not newer"):
         engine.load_weights(own, policy_version=version)
     assert engine.policy_version == version and engine.generate(groups) == before  # nothing changed

@@ -34,8 +34,12 @@ def check_model_dir(model_dir: str | Path) -> Path:
     return path
 
 
-def check_weights(own: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor]) -> None:
-    """Refuse weights that do not fit a model's state dict: a missing, unknown or differently shaped tensor."""
+def check_weights(
+    own: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], tied: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Refuse weights that do not fit a model's state dict: a missing, unknown or differently shaped tensor, or
+    different values for two names the model ties to one tensor (`tied`, e.g. a tied LM head and the embedding:
+    the model can hold only one of them, so which one wins would be an accident)."""
     missing = sorted(set(own) - set(weights))
     unknown = sorted(set(weights) - set(own))
     if missing or unknown:
@@ -45,6 +49,22 @@ def check_weights(own: Mapping[str, torch.Tensor], weights: Mapping[str, torch.T
     ]
     if wrong:
         raise WeightMismatchError(f"weights have other shapes: {wrong[:5]}")
+    split = [f"{a} / {b}" for a, b in tied if not torch.equal(weights[a], weights[b])]
+    if split:
+        raise WeightMismatchError(f"tied weights differ: {split} (the model holds one tensor for both)")
+
+
+def tied_names(state: Mapping[str, torch.Tensor]) -> list[tuple[str, str]]:
+    """Pairs of state-dict names that share one tensor in the model (a tied LM head and its embedding)."""
+    first: dict[int, str] = {}
+    pairs = []
+    for name, tensor in state.items():
+        pointer = tensor.data_ptr()
+        if pointer in first:
+            pairs.append((first[pointer], name))
+        else:
+            first[pointer] = name
+    return pairs
 
 
 class HFBackend:
@@ -94,7 +114,7 @@ class HFBackend:
     def load_weights(self, weights: Mapping[str, torch.Tensor], policy_version: int) -> None:
         """Replace every weight between generations; refuse, without changing anything, weights that do not fit."""
         own = self._model.state_dict()
-        check_weights(own, weights)
+        check_weights(own, weights, tied_names(own))
         if policy_version <= self.policy_version:
             raise ValueError(f"policy version {policy_version} is not newer than the current {self.policy_version}")
         with torch.no_grad():

@@ -199,7 +199,8 @@ class VLLMBackend:
     def load_weights(self, weights: Mapping[str, torch.Tensor], policy_version: int) -> None:
         """Replace every weight between generations, in place; refuse, without changing anything, weights that do
         not fit (WeightMismatchError) or a version that is not newer (ValueError)."""
-        check_weights(self._shapes, weights)
+        embeddings = [name for name in self._shapes if name.endswith("embed_tokens.weight")]
+        check_weights(self._shapes, weights, [("lm_head.weight", e) for e in embeddings] if self._tied else [])
         if policy_version <= self.policy_version:
             raise ValueError(f"policy version {policy_version} is not newer than the current {self.policy_version}")
         # a tied model's lm_head is its embedding: vLLM skips the name, so its bytes need not travel

@@ -11,6 +11,7 @@ import torch
 from services.core.config import WorldModelConfig
 from services.core.wire import PromptGroup
 from services.rollout.backends.hf import HFBackend, WeightMismatchError
+from tests.tiny_models import perturbed_weights
 from trainer.generation import SamplingSettings
 from trainer.world.policy import build_policy
 from trainer.world.tasks import Problem
@@ -80,7 +81,7 @@ def test_new_weights_change_the_policy_and_its_version(model_dir: Path) -> None:
     backend = _backend(model_dir)
     sample = backend.generate([_group(n=1)])[0][0]
     before = _forward_logprobs(backend, sample.token_ids)
-    weights = {name: t + 0.05 * torch.randn_like(t) for name, t in backend._model.state_dict().items()}
+    weights = perturbed_weights(backend._model, seed=0)
     backend.load_weights(weights, policy_version=1)
     assert backend.policy_version == 1
     assert not torch.allclose(_forward_logprobs(backend, sample.token_ids), before)
@@ -95,6 +96,8 @@ def test_weights_that_do_not_fit_are_refused_and_change_nothing(model_dir: Path)
         backend.load_weights(shaped, policy_version=1)
     with pytest.raises(WeightMismatchError, match="missing"):
         backend.load_weights({k: v for k, v in own.items() if k != "model.norm.weight"}, policy_version=1)
+    with pytest.raises(WeightMismatchError, match="tied weights differ"):  # the LM head is the embedding here
+        backend.load_weights({**own, "lm_head.weight": own["lm_head.weight"] + 1.0}, policy_version=1)
     with pytest.raises(ValueError, match="not newer"):
         backend.load_weights(own, policy_version=0)
     assert all(torch.equal(t, own[n]) for n, t in backend._model.state_dict().items()) and backend.policy_version == 0
