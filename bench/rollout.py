@@ -196,7 +196,9 @@ def main() -> None:
     settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
     plain = PlainLoop(model_dir, groups, settings)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="rlvr-bench")
+    # every contender with the same OpenMP thread count from its start (Ray gives a 1-CPU actor OMP_NUM_THREADS=1)
+    omp = {"env_vars": {"OMP_NUM_THREADS": str(args.threads)}}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="rlvr-bench", runtime_env=omp)
     try:
         kinds = ["hf"] if args.no_vllm else ["hf", "vllm"]
         actors = {kind: start_actor(kind, model_dir, groups, settings, args.threads) for kind in kinds}
