@@ -10,12 +10,12 @@ row is an error naming its line, never a silently skipped prompt.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from services.core.jsonl import read_jsonl_objects
 from services.core.wire import PromptGroup
 
 
@@ -37,20 +37,8 @@ def load_prompt_rows(
     path: str | Path, *, input_key: str = "prompt", label_key: str = "label", data_source_key: str = "data_source"
 ) -> list[PromptRow]:
     """Every row of a JSONL prompt file; a malformed row is a ValueError naming the file and line."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"prompt file {path} cannot be read: {exc}") from None
     rows: list[PromptRow] = []
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {line_no}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} line {line_no}: expected a JSON object, got {type(data).__name__}")
+    for line_no, data in read_jsonl_objects(path, "prompt file", skip_blank=True):
         values = []
         for key in (input_key, label_key, data_source_key):
             value = data.get(key)

@@ -8,12 +8,12 @@ verdicts can be checked against human labels. Token ids are UTF-8 bytes (a 256-s
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.core.jsonl import read_jsonl_objects
 from services.core.wire import PromptGroup
 
 RECORDED_MODELS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
@@ -64,17 +64,7 @@ def _gold_answer(solution: str, line_no: int) -> str:
 def load_recorded_gsm8k(path: str | Path) -> list[RecordedProblem]:
     """Parse the recorded-solutions file; every malformed line is an error naming the line."""
     problems = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"replay data {path} cannot be read: {exc}") from None
-    for line_no, line in enumerate(lines, start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {line_no}: not valid JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path} line {line_no}: expected a JSON object, got {type(row).__name__}")
+    for line_no, row in read_jsonl_objects(path, "replay data", skip_blank=False):
         missing = [key for key in ("question", "ground_truth", *RECORDED_MODELS) if key not in row]
         if missing:
             raise ValueError(f"{path} line {line_no}: missing fields {missing}")
