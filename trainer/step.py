@@ -48,18 +48,29 @@ def plan_step(
         credit, phase, advantages=advantages, response_mask=batch.response_mask, entropy=entropy
     )
     # ---- what the step is about, for the report
-    valid_tokens = int(batch.response_mask.sum())
     metrics = {
+        **batch_metrics(batch, advantages),
+        "train/optimized_tokens": float(assignment.loss_mask.sum()),
+        "train/optimized_token_fraction": optimized_fraction(assignment.loss_mask, batch.response_mask),
+        **assignment.metrics,
+    }
+    return StepPlan(phase=phase, advantages=advantages, credit=assignment, metrics=metrics)
+
+
+def batch_metrics(batch: RolloutBatch, advantages: Tensor) -> dict[str, float]:
+    """What a step's whole batch is about: rewards, advantages, groups, response lengths."""
+    return {
         "train/reward_mean": float(batch.rewards.mean()),
         "train/advantage_abs_mean": float(advantages.abs().mean()),
         "train/groups": float(len(set(batch.group_ids))),
         "train/groups_without_signal": float(len(groups_without_signal(batch.rewards, batch.group_ids))),
         "train/response_length_mean": float(batch.response_mask.sum(dim=1).double().mean()),
-        "train/optimized_tokens": float(assignment.loss_mask.sum()),
-        "train/optimized_token_fraction": float(assignment.loss_mask.sum()) / valid_tokens if valid_tokens else 0.0,
-        **assignment.metrics,
     }
-    return StepPlan(phase=phase, advantages=advantages, credit=assignment, metrics=metrics)
+
+
+def optimized_fraction(loss_mask: Tensor, response_mask: Tensor) -> float:
+    valid = int(response_mask.sum())
+    return float(loss_mask.sum()) / valid if valid else 0.0
 
 
 def step_loss(

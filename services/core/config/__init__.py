@@ -33,7 +33,7 @@ from services.core.config.rollout import (
     VLLMBackendConfig,
 )
 from services.core.config.run import RunConfig, canonical_json, config_differences
-from services.core.config.trainer import TrainerConfig
+from services.core.config.trainer import CheckpointConfig, EngineConfig, OptimizerConfig, TrainerConfig
 from services.core.config.world import WorldConfig, WorldModelConfig, WorldSFTConfig, WorldTaskConfig
 
 __all__ = [
@@ -42,11 +42,14 @@ __all__ = [
     "ENTROPY_STRATEGIES",
     "SEQ_MEAN_DENOMINATORS",
     "Aggregation",
+    "CheckpointConfig",
     "ConfigError",
     "CreditConfig",
     "CreditStrategy",
+    "EngineConfig",
     "HFBackendConfig",
     "KLEstimator",
+    "OptimizerConfig",
     "PolicyLossConfig",
     "QueueSettings",
     "RatioLevel",

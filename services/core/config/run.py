@@ -26,6 +26,7 @@ from services.core.wire import RUN_ID_PATTERN
 OPERATIONAL_FIELDS: dict[str, Any] = {
     "reward": {"workers"},
     "rollout": {"workers", "worker_cpus", "worker_gpus"},
+    "trainer": {"checkpoint"},
 }
 """Settings that may change when a run resumes (they change speed, not what is trained): not fingerprinted."""
 
@@ -73,6 +74,14 @@ class RunConfig(BaseModel):
                 f"rollout.prompts_per_step={self.rollout.prompts_per_step} exceeds queues.max_len="
                 f"{self.queues.max_len}: one step's prompt groups could never all be in the stream at once; "
                 "raise queues.max_len or lower prompts_per_step"
+            )
+        engine = self.trainer.engine
+        samples = self.rollout.prompts_per_step * self.rollout.samples_per_prompt
+        if samples % (engine.world_size * engine.micro_batch_size):
+            raise ValueError(
+                f"a step's {samples} samples (prompts_per_step x samples_per_prompt) do not split into micro-batches "
+                f"of {engine.micro_batch_size} on {engine.world_size} rank(s): make the step's samples a multiple of "
+                "trainer.engine.world_size x trainer.engine.micro_batch_size"
             )
         return self
 
