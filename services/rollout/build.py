@@ -59,6 +59,7 @@ class RolloutSetup:
     backend: GenerationBackend
     prompts: PromptSource
     human_labels: Callable[[str, int], list[bool]] | None = None
+    model_dir: Path | None = None  # the policy the trainer starts from (None: replay has no policy to train)
 
 
 def load_prompts(config: RunConfig, inputs: PolicyInputs) -> JsonlPrompts:
@@ -108,4 +109,4 @@ def build_rollout(config: RunConfig, world_path: Path | None) -> RolloutSetup:
         replay = load_replay(config)
         return RolloutSetup(replay, replay, replay.human_labels)
     inputs = policy_inputs(config, world_path)
-    return RolloutSetup(build_backend(config, inputs), load_prompts(config, inputs))
+    return RolloutSetup(build_backend(config, inputs), load_prompts(config, inputs), model_dir=inputs.model_dir)

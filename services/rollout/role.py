@@ -18,9 +18,9 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from reward_server.client import RewardClient, RewardServerUnavailableError, ScoreRequestItem, ScoreResult
 from services.controller.client import ControllerClient
@@ -28,6 +28,9 @@ from services.core.queues import Delivery, MessageQueue, receive
 from services.core.schedule import Phase
 from services.core.wire import FinishReason, PromptGroup, ScoredGroup
 from services.rollout.metrics import RolloutMetrics
+
+if TYPE_CHECKING:
+    import torch
 
 ADOPT_BATCH = 512
 REWARD_WAIT_MAX_S = 5.0  # cap of the backoff between scoring attempts while the reward server is down
@@ -60,6 +63,12 @@ class GenerationBackend(Protocol):
     def generate(self, groups: Sequence[PromptGroup]) -> Sequence[Sequence[GeneratedSample]]: ...
 
     def token_ids(self, text: str) -> list[int]: ...
+
+
+class PolicyBackend(GenerationBackend, Protocol):
+    """A backend that generates with a policy the trainer updates (hf, vllm)."""
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor], policy_version: int) -> None: ...
 
 
 @dataclass

@@ -3,14 +3,19 @@
 A step, top to bottom (DESIGN.md §1): wait while paused -> feed the step's prompt groups -> rollout (generate,
 score, publish) until the trainer holds exactly the step's groups -> the training step at the controller's phase
 -> report to the controller -> ack the consumed rollouts -> append the step to the run folder.
-Until the DeepSpeed trainer exists the training step stops before the weight update (policy version 0).
+
+The training step: with a policy backend (`hf`, `vllm`) the DeepSpeed trainer (trainer/worker.py, one rank in this
+process) updates the policy, the rollout backend loads the new weights under policy version = step, and a checkpoint
+is written when due; all of that happens before the report, so a crash redelivers the step's groups and the resumed
+run restores the checkpoint of the last reported step. With `replay` (recorded samples, no policy) the step is
+planned and reported without an update (policy version 0).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from reward_server.client import RewardClient
 from services.controller.client import ControllerClient, ControllerRequestError
@@ -21,12 +26,13 @@ from services.core.redis_streams import RedisStreamQueue
 from services.core.schedule import Phase
 from services.core.wire import StepReport
 from services.rollout.build import RolloutSetup
-from services.rollout.role import RolloutRole
+from services.rollout.role import PolicyBackend, RolloutRole
 from services.run.infra import Endpoints
 from services.run.run_dir import RunDirectory
 from trainer.batch import collate_groups
 from trainer.collector import CollectedStep, StepCollector
 from trainer.step import plan_step
+from trainer.worker import TrainerRank
 
 READ_BLOCK_MS = 1000
 IDLE_ROUNDS_BEFORE_STUCK = 30  # rounds of READ_BLOCK_MS with nothing produced and nothing arriving
@@ -34,6 +40,10 @@ IDLE_ROUNDS_BEFORE_STUCK = 30  # rounds of READ_BLOCK_MS with nothing produced a
 
 class PipelineStuckError(RuntimeError):
     """A step's groups stopped arriving although its prompts were fed."""
+
+
+class ResumeError(RuntimeError):
+    """The run cannot continue exactly from where it stopped (no checkpoint of the last reported step)."""
 
 
 @dataclass
@@ -54,6 +64,7 @@ class _Pipeline:
     rollout: RolloutRole
     collector: StepCollector
     rollouts: RedisStreamQueue[Any]
+    trainer: TrainerRank | None = None
 
 
 def drive(
@@ -70,8 +81,9 @@ def drive(
         metrics_port = rollout.metrics.serve(host="127.0.0.1")  # the in-process rollout's metrics, as a worker's
         print(f"rlvr run {config.run_id}: rollout metrics http://127.0.0.1:{metrics_port}/metrics", flush=True)
         collector = StepCollector(rollouts, new_consumer_name("trainer"), config.rollout.prompts_per_step)
-        pipe = _Pipeline(config, setup, controller, prompts, rollout, collector, rollouts)
         start = controller.get_phase()
+        trainer = start_trainer(config, setup, run_dir, start.last_reported_step)
+        pipe = _Pipeline(config, setup, controller, prompts, rollout, collector, rollouts, trainer)
         fill_missing_steps(run_dir, controller, start.last_reported_step)
         result = DriveResult(first_step=start.current_step, rollout_metrics_url=f"http://127.0.0.1:{metrics_port}")
         # This driver is the run's only consumer: whatever a dead earlier attempt held is ours to finish.
@@ -84,8 +96,39 @@ def drive(
             for key in ("train/duplicate_groups", "train/leftover_groups", "rollout/stale_prompts"):
                 result.accounting[key] = result.accounting.get(key, 0) + int(row[key])
         result.complete = controller.get_phase().complete
+        if trainer is not None:
+            trainer.close()
     client.close()
     return result
+
+
+def start_trainer(
+    config: RunConfig, setup: RolloutSetup, run_dir: RunDirectory, last_reported: int
+) -> TrainerRank | None:
+    """The run's trainer (None for replay), restored to the last reported step when the run resumes."""
+    if setup.model_dir is None:
+        return None
+    threads = getattr(config.rollout.backend, "torch_threads", None)
+    trainer = TrainerRank(config.model_dump_json(), str(setup.model_dir), str(run_dir.path), torch_threads=threads)
+    if last_reported == 0:
+        return trainer
+    if last_reported not in trainer.checkpoint_steps():
+        trainer.close()
+        raise ResumeError(
+            f"the controller has {last_reported} reported steps, but {run_dir.path / 'checkpoints'} holds no complete "
+            f"checkpoint of step {last_reported} (it has {trainer.checkpoint_steps() or 'none'}): the weights after "
+            "that step are lost, so the run cannot continue exactly; checkpoint every step "
+            "(trainer.checkpoint.every = 1) to make runs resumable at any point"
+        )
+    trainer.restore(last_reported)
+    policy_backend(setup).load_weights(trainer.weights(), last_reported)
+    return trainer
+
+
+def policy_backend(setup: RolloutSetup) -> PolicyBackend:
+    if not callable(getattr(setup.backend, "load_weights", None)):
+        raise TypeError(f"the rollout backend {type(setup.backend).__name__} cannot load trained weights")
+    return cast(PolicyBackend, setup.backend)
 
 
 def run_step(pipe: _Pipeline, step: int) -> dict[str, Any]:
@@ -94,10 +137,8 @@ def run_step(pipe: _Pipeline, step: int) -> dict[str, Any]:
     phase = pipe.controller.get_phase(step).phase  # the phase of the step being trained (SPEC §2)
     feed(pipe, step)
     collected, stale_prompts = gather_step(pipe, step)
-    batch = collate_groups(collected.groups)
-    plan = plan_step(batch, phase, pipe.config.credit, pipe.config.trainer)
     metrics: dict[str, float | None] = {
-        **plan.metrics,
+        **train(pipe, step, collected, phase),
         "train/duplicate_groups": float(collected.duplicates),
         "train/leftover_groups": float(collected.leftovers),
         "rollout/stale_prompts": float(stale_prompts),
@@ -113,6 +154,18 @@ def run_step(pipe: _Pipeline, step: int) -> dict[str, Any]:
     report_when_running(pipe.controller, report)
     pipe.rollouts.ack(collected.entry_ids)  # only after the report: a crash before it redelivers, loses nothing
     return step_row(phase, metrics)
+
+
+def train(pipe: _Pipeline, step: int, collected: CollectedStep, phase: Phase) -> dict[str, float | None]:
+    """The step's update (policy backends) or its plan alone (replay); weights reach the rollout before the report."""
+    if pipe.trainer is None:
+        return dict(plan_step(collate_groups(collected.groups), phase, pipe.config.credit, pipe.config.trainer).metrics)
+    metrics = pipe.trainer.train(step, collected.groups, phase)
+    policy_backend(pipe.setup).load_weights(pipe.trainer.weights(), step)
+    checkpoint = pipe.config.trainer.checkpoint
+    if step == pipe.config.total_steps or (checkpoint.every and step % checkpoint.every == 0):
+        pipe.trainer.save(pipe.config.build_schedule().state().model_dump(mode="json"))
+    return metrics
 
 
 def feed(pipe: _Pipeline, step: int) -> None:

@@ -35,6 +35,16 @@ def check_rollout_inputs(config: RunConfig) -> None:
         raise ConfigError(f"rollout.backend ({backend.type}): {exc}") from None
 
 
+def check_local_trainer(config: RunConfig) -> None:
+    """The local run trains on one rank in its own process; more data-parallel ranks need the Ray launcher."""
+    engine = config.trainer.engine
+    if config.rollout.backend.type != "replay" and engine.world_size != 1:
+        raise ConfigError(
+            f"trainer.engine.world_size={engine.world_size}: the local `rlvr run` trains on one rank in its own "
+            "process; set trainer.engine.world_size=1 (data-parallel ranks run as TrainerWorker actors on Ray)"
+        )
+
+
 def check_environment(config: RunConfig, environ: Mapping[str, str] | None = None) -> None:
     """Refuse `RLVR_REWARD_*` variables that would contradict the run config's `reward` section."""
     env = os.environ if environ is None else environ
@@ -63,3 +73,4 @@ def preflight(config: RunConfig) -> None:
     """Every check that needs no running service and no prepared world."""
     check_environment(config)
     check_rollout_inputs(config)
+    check_local_trainer(config)

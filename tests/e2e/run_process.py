@@ -23,9 +23,11 @@ RUN_TIMEOUT_S = 600  # only stops a hang from blocking the suite; nothing is ass
 class RunProcess:
     """One `python -m services.cli run --out OUT ...`; stdout lines are collected by a reader thread."""
 
-    def __init__(self, out: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, out: Path, *args: str, env: dict[str, str] | None = None, config: str | Path = REPLAY_PRESET
+    ) -> None:
         self.out = out
-        command = [sys.executable, "-m", "services.cli", "run", "--config", REPLAY_PRESET, "--out", str(out), *args]
+        command = [sys.executable, "-m", "services.cli", "run", "--config", str(config), "--out", str(out), *args]
         self.process = subprocess.Popen(
             command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})},
