@@ -58,7 +58,9 @@ def build_policy_inputs(prompts: Sequence[Sequence[int]], response_ids: Tensor, 
 def _chunk_stats(
     hidden: Tensor, targets: Tensor, lm_head: Callable[[Tensor], Tensor], temperature: float, with_entropy: bool
 ) -> tuple[Tensor, Tensor]:
-    logits = lm_head(hidden).float() / temperature  # (N, c, V)
+    logits = lm_head(hidden).float()  # (N, c, V)
+    if temperature != 1.0:
+        logits = logits / temperature
     log_norm = torch.logsumexp(logits, dim=-1)
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
     if not with_entropy:
