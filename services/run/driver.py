@@ -80,7 +80,10 @@ def drive(
         rollout.metrics.describe(config.rollout.backend.type)
         metrics_port = rollout.metrics.serve(host="127.0.0.1")  # the in-process rollout's metrics, as a worker's
         print(f"rlvr run {config.run_id}: rollout metrics http://127.0.0.1:{metrics_port}/metrics", flush=True)
-        collector = StepCollector(rollouts, new_consumer_name("trainer"), config.rollout.prompts_per_step)
+        collector = StepCollector(
+            rollouts, new_consumer_name("trainer"), config.rollout.prompts_per_step,
+            max_staleness=config.trainer.max_staleness if setup.model_dir is not None else None,
+        )  # fmt: skip
         start = controller.get_phase()
         trainer = start_trainer(config, setup, run_dir, start.last_reported_step)
         pipe = _Pipeline(config, setup, controller, prompts, rollout, collector, rollouts, trainer)
@@ -93,7 +96,8 @@ def drive(
             run_dir.append_step(row)
             emit(row)
             result.steps_run += 1
-            for key in ("train/duplicate_groups", "train/leftover_groups", "rollout/stale_prompts"):
+            for key in ("train/duplicate_groups", "train/leftover_groups", "train/stale_groups_dropped",
+                        "rollout/stale_prompts"):  # fmt: skip
                 result.accounting[key] = result.accounting.get(key, 0) + int(row[key])
         result.complete = controller.get_phase().complete
         if trainer is not None:
@@ -141,6 +145,7 @@ def run_step(pipe: _Pipeline, step: int) -> dict[str, Any]:
         **train(pipe, step, collected, phase),
         "train/duplicate_groups": float(collected.duplicates),
         "train/leftover_groups": float(collected.leftovers),
+        "train/stale_groups_dropped": float(collected.stale_dropped),
         "rollout/stale_prompts": float(stale_prompts),
         "train/phase_staleness_steps_max": float(max(phase.step - g.phase.step for g in collected.groups)),
     }
@@ -170,10 +175,15 @@ def train(pipe: _Pipeline, step: int, collected: CollectedStep, phase: Phase) ->
 
 def feed(pipe: _Pipeline, step: int) -> None:
     """Publish the step's prompt groups, except those already in flight from an interrupted attempt."""
-    in_flight = pipe.collector.group_ids(step) | pipe.rollout.adopted_group_ids()
+    dropped = set(pipe.collector.take_stale_ids(step))  # adopted groups too old to train: generate them again
+    in_flight = pipe.collector.group_ids(step) | (pipe.rollout.adopted_group_ids() - dropped)
+    publish_groups(pipe, step, lambda group_id: group_id not in in_flight)
+
+
+def publish_groups(pipe: _Pipeline, step: int, wanted: Callable[[str], bool]) -> None:
     rollout = pipe.config.rollout
     for group in pipe.setup.prompts.prompt_groups(step, rollout.prompts_per_step, rollout.samples_per_prompt):
-        if group.group_id not in in_flight:
+        if wanted(group.group_id):
             pipe.prompts.publish(group)
 
 
@@ -181,6 +191,8 @@ def gather_step(pipe: _Pipeline, step: int) -> tuple[CollectedStep, int]:
     """Alternate rollout and collection until the trainer holds exactly the step's groups."""
     stale_prompts, idle_rounds = 0, 0
     while not pipe.collector.poll(step, block_ms=0):
+        if stale := set(pipe.collector.take_stale_ids(step)):  # too old to train: the same prompts again
+            publish_groups(pipe, step, stale.__contains__)
         produced = pipe.rollout.process_available(block_ms=READ_BLOCK_MS)
         stale_prompts += produced.stale_prompts
         if produced.paused:

@@ -163,3 +163,29 @@ def test_nothing_lost_nothing_left_over_several_steps() -> None:
     assert queue.counters.acked == published
     stats = queue.stats()
     assert (stats.length, stats.pending, stats.dead) == (0, 0, 0)
+
+
+def test_groups_older_than_max_staleness_are_dropped_counted_and_named_for_regeneration() -> None:
+    queue = _queue()
+    collector = StepCollector(queue, CONSUMER, SIZE, max_staleness=1)
+    # step 4 trains from version 3: versions 2 and 3 are within a lag of 1, version 1 is not
+    for gid, version in (("a", 3), ("b", 2), ("c", 1)):
+        queue.publish(_group(gid, 4).model_copy(update={"policy_version": version}))
+    assert not collector.poll(4, block_ms=0)
+    assert collector.group_ids(4) == {"a", "b"}
+    assert collector.take_stale_ids(4) == ["c"] and collector.take_stale_ids(4) == []
+    assert queue.stats().pending == 2  # the stale copy was acked at once
+    queue.publish(_group("c", 4).model_copy(update={"policy_version": 3}))
+    _poll_until_complete(collector, 4)
+    taken = collector.take(4)
+    assert sorted(g.group_id for g in taken.groups) == ["a", "b", "c"] and taken.stale_dropped == 1
+
+
+def test_without_max_staleness_every_version_is_accepted() -> None:
+    queue = _queue()
+    collector = StepCollector(queue, CONSUMER, SIZE)
+    _publish(queue, 9, "a", "b", "c")  # policy_version 0 for step 9 (a replay run never updates)
+    _poll_until_complete(collector, 9)
+    assert collector.take(9).stale_dropped == 0
+    with pytest.raises(ValueError, match="max_staleness"):
+        StepCollector(queue, CONSUMER, SIZE, max_staleness=-1)
