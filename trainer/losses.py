@@ -6,8 +6,10 @@ under `token-mean` it is not in the denominator either.
 
 Numerics. Log-ratios, KL and the loss are computed in float32 at least (bf16/fp16 inputs are upcast first; token
 counts are never cast to a low-precision dtype). Every log-ratio is clamped to +-LOG_RATIO_CLAMP before `exp`
-(as OpenRLHF and verl), so a ratio is at most e^20 even for an old log-prob of -inf on a masked-in token; a token
-beyond the clamp gets zero gradient, and a zero-advantage token contributes exactly 0 loss and 0 gradient. The k3
+(as OpenRLHF and verl), so a ratio is at most e^20 even for an old log-prob of -inf on a masked-in token; under
+token-level ratios a token beyond the clamp gets zero gradient (under GSPO the clamp bounds the sequence ratio's
+value, while every masked token keeps its own log-prob gradient), and a zero-advantage token contributes exactly 0
+loss and 0 gradient. The k3
 KL estimate is clamped to +-KL_CLAMP (as verl).
 
 Micro-batches, data parallelism, gradient accumulation (SPEC §4: the denominator spans the whole mini-batch):
