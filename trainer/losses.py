@@ -9,8 +9,7 @@ counts are never cast to a low-precision dtype). Every log-ratio is clamped to +
 (as OpenRLHF and verl), so a ratio is at most e^20 even for an old log-prob of -inf on a masked-in token; under
 token-level ratios a token beyond the clamp gets zero gradient (under GSPO the clamp bounds the sequence ratio's
 value, while every masked token keeps its own log-prob gradient), and a zero-advantage token contributes exactly 0
-loss and 0 gradient. The k3
-KL estimate is clamped to +-KL_CLAMP (as verl).
+loss and 0 gradient. The k3 KL estimate is clamped to +-KL_CLAMP (as verl).
 
 Micro-batches, data parallelism, gradient accumulation (SPEC §4: the denominator spans the whole mini-batch):
 - `denominator` = the sum of `policy_loss_denominator(...)` over every micro-batch and rank of the optimizer step's
