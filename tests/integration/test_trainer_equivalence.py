@@ -88,3 +88,15 @@ def test_tp_at_ratio_zero_is_exactly_the_grpo_update(model: Path, tmp_path: Path
     assert all(torch.equal(tp[k], grpo[k]) for k in tp)
     assert [m["train/loss"] for m in tp_metrics] == [m["train/loss"] for m in grpo_metrics]
     assert all(m["train/optimized_token_fraction"] == 1.0 for m in tp_metrics)
+
+
+def test_a_kl_coefficient_brings_a_frozen_reference(model: Path, tmp_path: Path) -> None:
+    spec = _spec(model, stage=3, world=1, micro=8)
+    spec["trainer"]["policy_loss"] = {"kl_coef": 0.1}
+    folder = tmp_path / "kl"
+    folder.mkdir()
+    metrics = run_ranks(spec, 1, folder)["metrics"]
+    assert metrics[0]["train/kl_ref"] == pytest.approx(0.0, abs=1e-6)  # the first step starts at the reference
+    assert metrics[1]["train/kl_ref"] > 1e-5  # then the policy has moved away from the frozen reference
+    without = _run(model, tmp_path, "nokl", stage=3, world=1, micro=8)[1]
+    assert "train/kl_ref" not in without[0]

@@ -11,7 +11,7 @@ import pytest
 
 from services.core.config import ConfigError, RunConfig
 from services.rollout.backends.replay import RECORDED_MODELS
-from services.run.preflight import check_environment, check_rollout_inputs
+from services.run.preflight import check_environment, check_local_trainer, check_rollout_inputs
 from tests.run_configs import run_config
 
 
@@ -128,3 +128,22 @@ def test_a_policy_backend_without_a_world_needs_its_inputs_named() -> None:
         _policy_config(None, None)
     with pytest.raises(ValueError, match="has no prompts"):
         _policy_config(Path("/m"), None)
+
+
+def test_the_local_run_trains_on_one_rank(tmp_path: Path) -> None:
+    prompts = _write(tmp_path / "p.jsonl", json.dumps({"prompt": "q", "label": "1", "data_source": "math"}) + "\n")
+    config = _policy_config(_model_dir(tmp_path), prompts)
+    check_local_trainer(config)
+    two_ranks = config.model_copy(
+        update={"trainer": config.trainer.model_copy(
+            update={"engine": config.trainer.engine.model_copy(update={"world_size": 2})})}
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"trainer.engine.world_size=2: the local `rlvr run` trains on one rank"):
+        check_local_trainer(two_ranks)
+
+
+def test_a_step_that_does_not_split_into_micro_batches_is_refused() -> None:
+    trainer = {"engine": {"world_size": 2, "micro_batch_size": 3}}
+    rollout = {"backend": {"type": "replay", "path": "/x.jsonl"}, "prompts_per_step": 4, "samples_per_prompt": 4}
+    with pytest.raises(ValueError, match=r"a step's 16 samples .* micro-batches of 3 on 2 rank"):
+        run_config("split-test", 10, rollout=rollout, trainer=trainer)
