@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from services.core.config import CreditConfig, TrainerConfig
 from services.core.schedule import Phase
 from services.core.wire import ScoredGroup
+from trainer.worker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,12 +42,6 @@ def scored_groups(count: int, samples: int, *, seed: int, vocab: int = 40, max_l
             )
         )  # fmt: skip
     return groups
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_ranks(spec: dict[str, Any], world: int, workdir: Path, timeout_s: float = 900) -> dict[str, Any]:
