@@ -138,11 +138,13 @@ def train_step(
             if key in output.metrics:
                 present.add(key)
                 sums[key] += output.metrics[key] * output.counts["loss_tokens"]
-    # ---- 6. what the update did, by trajectory percentile (SPEC §5)
-    with torch.no_grad():
-        new_logprobs, _ = engine.token_stats(
-            inputs, shard.response_ids, shard.response_mask, temperature=temperature, with_entropy=False
-        )
+    # ---- 6. what the update did, by trajectory percentile (SPEC §5), every trainer.update_kl_every steps
+    new_logprobs = None
+    if trainer.update_kl_every and phase.step % trainer.update_kl_every == 0:
+        with torch.no_grad():
+            new_logprobs, _ = engine.token_stats(
+                inputs, shard.response_ids, shard.response_mask, temperature=temperature, with_entropy=False
+            )
     return _step_metrics(
         engine, batch, advantages, shard, credit_assignment.metrics, counts, sums, present, step_stats,
         old_logprobs=old_logprobs, new_logprobs=new_logprobs, entropy=entropy,
@@ -152,14 +154,18 @@ def train_step(
 def _step_metrics(
     engine: PolicyEngine, batch: RolloutBatch, advantages: Tensor, shard: Shard, credit_metrics: dict[str, float],
     counts: dict[str, int], sums: dict[str, float], present: set[str], step_stats: dict[str, float], *,
-    old_logprobs: Tensor,
-    new_logprobs: Tensor, entropy: Tensor,
+    old_logprobs: Tensor, new_logprobs: Tensor | None, entropy: Tensor,
 ) -> dict[str, float | None]:  # fmt: skip
     """Reduce every additive quantity over ranks in one collective, then form the step's metrics."""
     mask = shard.response_mask
     valid = int(mask.sum())
     stages = stage_sums(entropy, mask)
-    kl_sums, kl_counts = percentile_bin_sums((new_logprobs - old_logprobs).double(), mask, KL_BINS)
+    update_kl = (
+        (new_logprobs - old_logprobs).double()
+        if new_logprobs is not None
+        else torch.zeros_like(mask, dtype=torch.float64)
+    )
+    kl_sums, kl_counts = percentile_bin_sums(update_kl, mask, KL_BINS)
     if shard.engine_logprobs is not None:
         gap = torch.where(mask, shard.engine_logprobs - old_logprobs.double(), torch.zeros_like(shard.engine_logprobs))
         mismatch = [float(gap.abs().sum()), float((torch.expm1(gap) - gap).sum())]
@@ -171,7 +177,7 @@ def _step_metrics(
         + list(sums.values())
         + [v for stage in stages.values() for v in (stage[0], float(stage[1]))]
         + kl_sums + [float(c) for c in kl_counts]
-        + mismatch + [credit_bonus, float((new_logprobs - old_logprobs).double()[mask].sum())]
+        + mismatch + [credit_bonus, float(update_kl[mask].sum())]
     )  # fmt: skip
     total = engine.all_reduce_sum(local)
     at = 0

@@ -106,6 +106,13 @@ class TrainerConfig(BaseModel):
         description="Scored groups generated more than this many policy versions before the version being trained "
         "are dropped (counted, and their prompts generated again); 0 = synchronous GRPO.",
     )
+    update_kl_every: int = Field(
+        default=1,
+        ge=0,
+        le=100_000,
+        description="Every N steps, one more no-grad pass after the update measures log pi_new - log pi_old by "
+        "trajectory percentile (SPEC §5; ~20% of a step on the tiny model); 0 = never.",
+    )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="AdamW and its lr schedule.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="DeepSpeed, data parallelism, precision.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="When and how many to keep.")
