@@ -53,6 +53,7 @@ class DriveResult:
     steps_run: int = 0
     complete: bool = False
     accounting: dict[str, int] = field(default_factory=dict)
+    checkpoints: list[int] = field(default_factory=list)  # steps with a complete trainer checkpoint
 
 
 @dataclass
@@ -101,6 +102,7 @@ def drive(
                 result.accounting[key] = result.accounting.get(key, 0) + int(row[key])
         result.complete = controller.get_phase().complete
         if trainer is not None:
+            result.checkpoints = trainer.checkpoint_steps()
             trainer.close()
     client.close()
     return result

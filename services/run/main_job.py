@@ -59,6 +59,9 @@ def run_main_job(
                 "steps_run": result.steps_run,
                 "complete": result.complete,
                 "accounting": result.accounting,
+                "checkpoints": [
+                    str(run_dir.path / "checkpoints" / "_actor" / f"global_step{step}") for step in result.checkpoints
+                ],
                 "world": world_summary(world) if world is not None else None,
                 "controller": scrape(ends.controller_url, "rlvr_controller_"),
                 "reward_server": scrape(ends.reward_url, "rlvr_reward_"),

@@ -92,6 +92,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     for key in ("ratio", "train/reward_mean", "train/response_length_mean", "train/optimized_tokens"):
         assert [r[key] for r in a] == [r[key] for r in b], key  # same phases, same samples
     assert [r["train/policy_version"] for r in b] == [float(s) for s in range(1, TOTAL + 1)]
+    summary = json.loads((tmp_path / "killed" / "summary.json").read_text())
+    assert [Path(p).name for p in summary["checkpoints"]] == [f"global_step{TOTAL - 1}", f"global_step{TOTAL}"]
     wa, wb = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "killed")
     initial = load_file(str(tmp_path / "model" / "model.safetensors"))
     assert max(float((wa[k] - initial[k]).abs().max()) for k in initial) > 1000 * WEIGHT_TOL  # it trained
