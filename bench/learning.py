@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def evaluate(model: Path, data: Path, *, prompts: int, k: int, seed: int, temper
     args = ["--model", str(model), "--data", str(data), "--k", str(k), "--temperature", str(temperature),
             "--max-new-tokens", str(tokens), "--limit", str(prompts), "--seed", str(seed)]  # fmt: skip
     report = json.loads(rlvr("eval", *args))
-    return float(report["metrics"]["avg_at_k"])
+    return float(report["avg_at_k"])
 
 
 def main() -> None:
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run config overrides")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rlvr-learning-"))
     world = json.loads(rlvr("prepare", "--config", str(PRESET)))
@@ -60,8 +62,8 @@ def main() -> None:
     before = {s: evaluate(world_dir / "model", data, seed=s, **scale, **sampling) for s in args.seeds}
     started = time.monotonic()
     run_dir = workdir / "run"
-    rlvr("run", "--config", str(PRESET), "--out", str(run_dir), "--set", f"total_steps={args.steps}",
-         "--set", f"run_id=learning-{int(time.time())}")  # fmt: skip
+    overrides = [f"total_steps={args.steps}", f"run_id=learning-{uuid.uuid4().hex[:8]}", *args.set]
+    rlvr("run", "--config", str(PRESET), "--out", str(run_dir), *(a for o in overrides for a in ("--set", o)))
     run_s = time.monotonic() - started
     final = run_dir / "checkpoints" / "_actor" / f"global_step{args.steps}" / "hf"
     after = {s: evaluate(final, data, seed=s, **scale, **sampling) for s in args.seeds}
@@ -77,7 +79,7 @@ def main() -> None:
             "seed_spread_final": max(after.values()) - min(after.values()),
             "binomial_se_warm_start_lower_bound": math.sqrt(mean_before * (1 - mean_before) / samples),
         },
-        "run_wall_s": round(run_s, 1), "run_dir": str(run_dir),
+        "run_wall_s": round(run_s, 1), "run_dir": str(run_dir), "overrides": args.set,
     }  # fmt: skip
     print(json.dumps(result))
 
