@@ -12,6 +12,7 @@ from pathlib import Path
 
 from services.core.config import ConfigError, RunConfig, load_run_config
 from services.core.lifecycle import Terminated, sigterm_as_interrupt
+from services.core.result_stream import results_on_stdout, say
 from services.run.evaluate import add_eval_parser
 
 DEFAULT_PRESET = "deploy/presets/tiny-cpu.toml"
@@ -89,13 +90,13 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     if args.json:
         state = config.build_schedule().state().model_dump(mode="json")
         state["curve"] = [p.model_dump(mode="json") for p in config.build_schedule().curve()]
-        print(json.dumps(state))
+        say(json.dumps(state))
     else:
-        print(format_schedule_table(config))
+        say(format_schedule_table(config))
     if args.plot is not None:
         from services.plot import plot_schedule
 
-        print(f"plot: {plot_schedule(config.build_schedule(), args.plot, title=config.run_id)}")
+        say(f"plot: {plot_schedule(config.build_schedule(), args.plot, title=config.run_id)}")
     return 0
 
 
@@ -105,7 +106,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from services.run.world import prepare_for_cli
 
     summary = prepare_for_cli(config, args.out)
-    print(json.dumps(summary))
+    say(json.dumps(summary))
     return 0
 
 
@@ -116,7 +117,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         preflight(config)
-        print(config.model_dump_json(indent=2))
+        say(config.model_dump_json(indent=2))
         return 0
     try:
         with sigterm_as_interrupt():
@@ -135,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return forward(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
-        result: int = args.func(args)
-        sys.stdout.flush()  # a reader that already left breaks the pipe here, inside the handler below
+        with results_on_stdout():  # a reader that already left breaks the pipe on the way out, inside the handler below
+            result: int = args.func(args)
     except ConfigError as exc:  # configuration errors: say what is wrong, no traceback
         print(f"rlvr {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG

@@ -23,6 +23,7 @@ from services.core.config import RunConfig
 from services.core.queues import PROMPTS, ROLLOUTS, new_consumer_name
 from services.core.redis_conn import connect
 from services.core.redis_streams import RedisStreamQueue
+from services.core.result_stream import say
 from services.core.schedule import Phase
 from services.core.wire import StepReport
 from services.rollout.build import RolloutSetup
@@ -80,7 +81,7 @@ def drive(
         rollout = RolloutRole(setup.backend, reward, controller, prompts, rollouts, new_consumer_name("rollout"))
         rollout.metrics.describe(config.rollout.backend.type)
         metrics_port = rollout.metrics.serve(host="127.0.0.1")  # the in-process rollout's metrics, as a worker's
-        print(f"rlvr run {config.run_id}: rollout metrics http://127.0.0.1:{metrics_port}/metrics", flush=True)
+        say(f"rlvr run {config.run_id}: rollout metrics http://127.0.0.1:{metrics_port}/metrics")
         collector = StepCollector(
             rollouts, new_consumer_name("trainer"), config.rollout.prompts_per_step,
             max_staleness=config.trainer.max_staleness if setup.model_dir is not None else None,

@@ -28,6 +28,7 @@ import httpx
 from reward_server.client import RewardClient, RewardServiceError, ScoreRequestItem, ScoreResult
 from services.core.config import ConfigError, RewardConfig
 from services.core.lifecycle import sigterm_as_interrupt
+from services.core.result_stream import say
 from services.process import ServiceExitedError, run_service
 from trainer.evaluation.data import DataKeys, EvalDataError, EvalRow, load_eval_rows
 from trainer.evaluation.metrics import EvalMetrics, PromptOutcome, SampleOutcome, summarize
@@ -103,7 +104,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(report, indent=2)
     if job.out is not None:
         job.out.write_text(text + "\n", encoding="utf-8")
-    print(text)
+    say(text)
     return 0
 
 

