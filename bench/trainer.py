@@ -6,8 +6,9 @@
                                       [--workdir DIR] [--indent 2]
 
 Same model, batch and lengths on both sides: an untrained policy of the tiny world's shape (hidden 128, 4 layers,
-2 heads of 64, MLP 512, tied embeddings, vocabulary 257) and the tiny-cpu preset's batch (4 prompts x 8 samples,
-prompts of 26-34 tokens, responses of 100-224 tokens, fixed 0/1 rewards), fp32, 1 torch thread per process.
+2 heads of 64, MLP 512, tied embeddings, vocabulary 257) and the tiny-cpu preset's batch (prompts_per_step x
+samples_per_prompt: 16 x 8 now, 4 x 8 when README's numbers were measured; prompts of 26-34 tokens, responses of
+100-224 tokens, fixed 0/1 rewards), fp32, 1 torch thread per process.
   - `ours`: `trainer.update.train_step` on one rank (OpenRLHF Actor + DeepSpeed, ZeRO --zero-stage, micro-batches of
     --micro-batch, torch AdamW), timed over --repeats steps after --warmup, in --rounds processes that alternate
     with TRL's (the step times of all rounds are pooled). `train_step` also runs a no-grad pass

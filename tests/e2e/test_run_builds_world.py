@@ -35,9 +35,9 @@ def test_run_builds_the_world_on_first_use_and_prepare_reuses_it(tmp_path: Path)
     assert world["reused"] is False and Path(world["world"]).parent == worlds
     assert (Path(world["model"]) / "config.json").exists()
     assert "prepare: world ready" in run.stderr
-    # the run sampled the world's warm-started policy through the hf backend: 3 steps x 4 prompts x 8 samples
+    # the run sampled the world's warm-started policy through the hf backend: 3 steps x 16 prompts x 8 samples
     stored = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert stored["rollout"]["rlvr_rollout_samples_total"] == 3 * 4 * 8
+    assert stored["rollout"]["rlvr_rollout_samples_total"] == 3 * 16 * 8
     assert stored["rollout"]["rlvr_rollout_generated_tokens_total"] > 0
     assert stored["reward_server"]["rlvr_reward_pool_workers"] >= 1
 
