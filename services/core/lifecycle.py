@@ -41,15 +41,37 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM received: unwinds like Ctrl-C (every `finally` and context manager runs), exit status 143."""
 
 
+_received: list[int] = []  # signals received inside `sigterm_as_interrupt()`, newest last
+
+
+def _interrupt_for(signum: int) -> KeyboardInterrupt:
+    return Terminated(f"received signal {signum}") if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated` in the main thread, so shutdown is as clean as Ctrl-C."""
+    """Within the block, SIGTERM raises `Terminated` and SIGINT `KeyboardInterrupt` in the main thread, so shutdown
+    is as clean as Ctrl-C, and both are recorded for `raise_if_interrupted()`."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise Terminated(f"received signal {signum}")
+        _received.append(signum)
+        raise _interrupt_for(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    # a SIGINT ignored from the start (a background job of a non-interactive shell) stays ignored
+    wanted = [sig for sig in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, handler) for sig in wanted}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _received.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise again the interrupt of a signal already received. A handler's exception can be lost: CPython runs
+    signal handlers at the next bytecode, and an exception raised inside a finalizer (`__del__`, a weakref callback)
+    is printed as "Exception ignored" and dropped. Long loops call this at their safe points, so a swallowed Ctrl-C
+    or SIGTERM still stops them there."""
+    if _received:
+        raise _interrupt_for(_received[-1])

@@ -20,6 +20,7 @@ from typing import Any, cast
 from reward_server.client import RewardClient
 from services.controller.client import ControllerClient, ControllerRequestError
 from services.core.config import RunConfig
+from services.core.lifecycle import raise_if_interrupted
 from services.core.queues import PROMPTS, ROLLOUTS, new_consumer_name
 from services.core.redis_conn import connect
 from services.core.redis_streams import RedisStreamQueue
@@ -94,6 +95,7 @@ def drive(
         # This driver is the run's only consumer: whatever a dead earlier attempt held is ours to finish.
         result.accounting["adopted_entries"] = rollout.adopt_abandoned() + collector.adopt_abandoned()
         for step in range(start.current_step, config.total_steps + 1):
+            raise_if_interrupted()
             row = run_step(pipe, step)
             run_dir.append_step(row)
             emit(row)
@@ -194,6 +196,7 @@ def gather_step(pipe: _Pipeline, step: int) -> tuple[CollectedStep, int]:
     """Alternate rollout and collection until the trainer holds exactly the step's groups."""
     stale_prompts, idle_rounds = 0, 0
     while not pipe.collector.poll(step, block_ms=0):
+        raise_if_interrupted()
         if stale := set(pipe.collector.take_stale_ids(step)):  # too old to train: the same prompts again
             publish_groups(pipe, step, stale.__contains__)
         produced = pipe.rollout.process_available(block_ms=READ_BLOCK_MS)
