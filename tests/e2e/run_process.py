@@ -20,6 +20,12 @@ REPLAY_PRESET = str(REPO_ROOT / "deploy" / "presets" / "replay-cpu.toml")  # the
 RUN_TIMEOUT_S = 600  # only stops a hang from blocking the suite; nothing is asserted about time
 
 
+def _interactive_sigint() -> None:
+    """Ctrl-C as a terminal user has it: a suite started as a background job (CI, `nohup`) inherits SIGINT ignored,
+    and an ignored SIGINT stays ignored in the child (POSIX), which would make the Ctrl-C test meaningless."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class RunProcess:
     """One `python -m services.cli run --out OUT ...`; stdout lines are collected by a reader thread."""
 
@@ -30,7 +36,7 @@ class RunProcess:
         command = [sys.executable, "-m", "services.cli", "run", "--config", str(config), "--out", str(out), *args]
         self.process = subprocess.Popen(
             command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {})}, preexec_fn=_interactive_sigint,
         )  # fmt: skip
         self.lines: list[str] = []
         self._new_line = threading.Condition()
