@@ -5,10 +5,9 @@
 SPEC.json names the world's model and train split, the output folder, and the run's settings (steps, prompts per
 step, samples per prompt, learning rate, AdamW settings, clip range, temperature, token limit, seed). TRL generates
 with transformers, scores each completion with the world's rule (the last `\\boxed{...}` equals the label), and
-updates with the settings that match our trainer's defaults: token-mean loss over the batch (`loss_type="dapo"`),
-group-normalised advantages, clip-higher, no KL, one optimizer step per generation batch. The trained model (and
-tokenizer) is saved to `<out>/model` for bench/learning.py to evaluate exactly as it evaluates ours; the rewards
-TRL logged per step go to `<out>/trl_learning.json`.
+updates with the GRPOConfig of bench/trl_update.py (`grpo_config`: our trainer's defaults, shared with
+bench/trainer.py's TRL side). The trained model (and tokenizer) is saved to `<out>/model` for bench/learning.py to
+evaluate exactly as it evaluates ours; the rewards TRL logged per step go to `<out>/trl_learning.json`.
 
 Run without arguments (e.g. by `make bench` under .venv, where TRL is absent) it prints a JSON line saying it is a
 helper and exits 0.
@@ -43,7 +42,8 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
+    from trl_update import grpo_config  # bench/ is this script's folder, first on sys.path
 
     torch.set_num_threads(int(spec.get("threads", 1)))
     out = Path(spec["out"])
@@ -56,45 +56,10 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     rows = rows[: steps * prompts]
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
-    accum = prompts * samples // micro
-    config = GRPOConfig(
-        output_dir=str(out / "trl-output"),
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accum,
-        steps_per_generation=accum,
-        num_generations=samples,
-        num_iterations=1,
-        max_steps=steps,
-        learning_rate=float(settings["lr"]),
-        weight_decay=float(settings["weight_decay"]),
-        adam_beta1=float(settings["betas"][0]),
-        adam_beta2=float(settings["betas"][1]),
-        adam_epsilon=float(settings["eps"]),
-        max_grad_norm=float(settings["max_grad_norm"]),
-        lr_scheduler_type="constant",
-        optim="adamw_torch",
-        beta=0.0,
-        loss_type="dapo",
-        epsilon=float(settings["clip_eps_low"]),
-        epsilon_high=float(settings["clip_eps_high"]),
-        scale_rewards="group",
-        temperature=float(settings["temperature"]),
-        top_p=1.0,
-        top_k=0,
-        max_completion_length=int(settings["max_new_tokens"]),
-        mask_truncated_completions=False,
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        seed=int(settings["seed"]),
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        log_completions=False,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-    )
+    config = grpo_config(
+        settings, output_dir=str(out / "trl-output"), micro=micro, accum=prompts * samples // micro,
+        samples=samples, max_steps=steps, max_completion_length=int(settings["max_new_tokens"]),
+    )  # fmt: skip
     logged: list[dict[str, float]] = []
 
     class Log(TrainerCallback):

@@ -76,6 +76,57 @@ class StepRecorder:
             self.current[key] = self.current.get(key, 0.0) + value
 
 
+def grpo_config(
+    settings: dict[str, Any], *, output_dir: str, micro: int, accum: int, samples: int, max_steps: int,
+    max_completion_length: int,
+) -> Any:  # fmt: skip
+    """TRL's GRPOConfig set to our trainer's defaults (also used by bench/trl_learning.py): token-mean loss over the
+    batch (`loss_type="dapo"`), group-normalised advantages, clip-higher, no KL, one optimizer step per generation
+    batch of `micro` x `accum` samples, constant AdamW, fp32 on the CPU. `settings` holds lr, weight_decay, betas,
+    eps, max_grad_norm, clip_eps_low, clip_eps_high, temperature and seed."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        steps_per_generation=accum,
+        num_generations=samples,
+        num_iterations=1,
+        max_steps=max_steps,
+        learning_rate=float(settings["lr"]),
+        weight_decay=float(settings["weight_decay"]),
+        adam_beta1=float(settings["betas"][0]),
+        adam_beta2=float(settings["betas"][1]),
+        adam_epsilon=float(settings["eps"]),
+        max_grad_norm=float(settings["max_grad_norm"]),
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        beta=0.0,
+        loss_type="dapo",
+        epsilon=float(settings["clip_eps_low"]),
+        epsilon_high=float(settings["clip_eps_high"]),
+        scale_rewards="group",
+        temperature=float(settings["temperature"]),
+        top_p=1.0,
+        top_k=0,
+        max_completion_length=max_completion_length,
+        mask_truncated_completions=False,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=int(settings["seed"]),
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        log_completions=False,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     settings = spec["settings"]
     import torch
@@ -86,7 +137,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     rss_imports = peak_rss_mib()
     recorder = StepRecorder()
@@ -179,43 +230,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     rss_model = peak_rss_mib()
     warmup, repeats = int(settings["warmup"]), int(settings["repeats"])
     micro, accum = int(settings["micro_batch_size"]), int(settings["grad_accum_steps"])
-    config = GRPOConfig(
-        output_dir=str(Path(spec["out"]).parent / "trl-output"),
-        per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accum,
-        steps_per_generation=accum,
-        num_generations=samples,
-        num_iterations=1,
-        max_steps=warmup + repeats,
-        learning_rate=settings["lr"],
-        weight_decay=settings["weight_decay"],
-        adam_beta1=settings["betas"][0],
-        adam_beta2=settings["betas"][1],
-        adam_epsilon=settings["eps"],
-        max_grad_norm=settings["max_grad_norm"],
-        lr_scheduler_type="constant",
-        optim="adamw_torch",
-        beta=0.0,
-        loss_type="dapo",
-        epsilon=settings["clip_eps_low"],
-        epsilon_high=settings["clip_eps_high"],
-        scale_rewards="group",
-        temperature=settings["temperature"],
-        max_completion_length=settings["max_completion_length"],
-        mask_truncated_completions=False,
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        seed=int(settings["seed"]),
-        gradient_checkpointing=False,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        log_completions=False,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-    )
+    config = grpo_config(
+        settings, output_dir=str(Path(spec["out"]).parent / "trl-output"), micro=micro, accum=accum,
+        samples=samples, max_steps=warmup + repeats, max_completion_length=int(settings["max_completion_length"]),
+    )  # fmt: skip
     trainer = BenchGRPOTrainer(
         model=model,
         reward_funcs=fixed_reward,
