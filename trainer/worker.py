@@ -10,6 +10,7 @@ optimizer steps taken, so after step s it is s.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,10 @@ class TrainerRank:
             "world_size": self.engine.world_size,
             "grad_accum": self.engine.grad_accum_steps,
         }
+
+    def pid(self) -> int:
+        """This rank's process id (for supervision and fault tests)."""
+        return os.getpid()
 
     def close(self) -> None:
         self.engine.close()

@@ -56,7 +56,7 @@ def sampling_settings(sampling: SamplingConfig) -> SamplingSettings:
 class RolloutSetup:
     """A run's generation backend, its prompt feed, and (replay only) the recorded human labels to audit rewards."""
 
-    backend: GenerationBackend
+    backend: GenerationBackend | None  # None when the rollout runs elsewhere (Ray workers build their own)
     prompts: PromptSource
     human_labels: Callable[[str, int], list[bool]] | None = None
     model_dir: Path | None = None  # the policy the trainer starts from (None: replay has no policy to train)
@@ -103,10 +103,13 @@ def build_backend(config: RunConfig, inputs: PolicyInputs) -> GenerationBackend:
     return engine
 
 
-def build_rollout(config: RunConfig, world_path: Path | None) -> RolloutSetup:
-    """Everything the rollout of a run needs; `world_path` is the prepared world's folder (None without one)."""
+def build_rollout(config: RunConfig, world_path: Path | None, *, with_backend: bool = True) -> RolloutSetup:
+    """Everything the rollout of a run needs; `world_path` is the prepared world's folder (None without one).
+    `with_backend=False` checks the inputs and loads the prompt feed without loading a policy backend (the Ray
+    workers build their own)."""
     if config.rollout.backend.type == "replay":
         replay = load_replay(config)
         return RolloutSetup(replay, replay, replay.human_labels)
     inputs = policy_inputs(config, world_path)
-    return RolloutSetup(build_backend(config, inputs), load_prompts(config, inputs), model_dir=inputs.model_dir)
+    backend = build_backend(config, inputs) if with_backend else None
+    return RolloutSetup(backend, load_prompts(config, inputs), model_dir=inputs.model_dir)

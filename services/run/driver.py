@@ -13,9 +13,12 @@ planned and reported without an update (policy version 0).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from pathlib import Path
+from typing import Any
 
 from reward_server.client import RewardClient
 from services.controller.client import ControllerClient, ControllerRequestError
@@ -28,16 +31,20 @@ from services.core.result_stream import say
 from services.core.schedule import Phase
 from services.core.wire import StepReport
 from services.rollout.build import RolloutSetup
-from services.rollout.role import PolicyBackend, RolloutRole
+from services.rollout.worker import WorkerEndpoints
 from services.run.infra import Endpoints
+from services.run.ray_session import ray_session
+from services.run.rollout_side import LocalRollout, RayRollout, RolloutSide
 from services.run.run_dir import RunDirectory
+from services.run.scrape import scrape_all
+from services.run.trainer_side import RayTrainerGroup, TrainerSide
 from trainer.batch import collate_groups
 from trainer.collector import CollectedStep, StepCollector
 from trainer.step import plan_step
 from trainer.worker import TrainerRank
 
 READ_BLOCK_MS = 1000
-IDLE_ROUNDS_BEFORE_STUCK = 30  # rounds of READ_BLOCK_MS with nothing produced and nothing arriving
+LOCAL_STUCK_AFTER_S = 30.0  # in-process rollout: nothing produced and nothing arriving for this long
 
 
 class PipelineStuckError(RuntimeError):
@@ -51,7 +58,8 @@ class ResumeError(RuntimeError):
 @dataclass
 class DriveResult:
     first_step: int
-    rollout_metrics_url: str
+    rollout_metrics_urls: list[str]
+    rollout_metrics: dict[str, float] = field(default_factory=dict)  # scraped at the end, before the workers stop
     steps_run: int = 0
     complete: bool = False
     accounting: dict[str, int] = field(default_factory=dict)
@@ -64,88 +72,124 @@ class _Pipeline:
     setup: RolloutSetup
     controller: ControllerClient
     prompts: RedisStreamQueue[Any]
-    rollout: RolloutRole
+    rollout: RolloutSide
     collector: StepCollector
     rollouts: RedisStreamQueue[Any]
-    trainer: TrainerRank | None = None
+    trainer: TrainerSide | None = None
+    stuck_after_s: float = LOCAL_STUCK_AFTER_S
+    fed_steps: set[int] = field(default_factory=set)  # steps whose prompt groups this attempt published
+    policy_version: int = 0
 
 
 def drive(
     config: RunConfig, endpoints: Endpoints, run_dir: RunDirectory, setup: RolloutSetup,
-    *, emit: Callable[[dict[str, Any]], None] = lambda row: None,
+    *, emit: Callable[[dict[str, Any]], None] = lambda row: None, world_path: Path | None = None,
 ) -> DriveResult:  # fmt: skip
     """Run every step from the controller's current one to the last; resumable at any point."""
     client = connect(endpoints.redis_url)
-    with ControllerClient(endpoints.controller_url) as controller, RewardClient(endpoints.reward_url) as reward:
+    with (
+        ControllerClient(endpoints.controller_url) as controller,
+        RewardClient(endpoints.reward_url) as reward,
+        _executor(config) as on_ray,
+    ):
         prompts = RedisStreamQueue(client, PROMPTS, config.run_id, config.queues)
         rollouts = RedisStreamQueue(client, ROLLOUTS, config.run_id, config.queues)
-        rollout = RolloutRole(setup.backend, reward, controller, prompts, rollouts, new_consumer_name("rollout"))
-        rollout.metrics.describe(config.rollout.backend.type)
-        metrics_port = rollout.metrics.serve(host="127.0.0.1")  # the in-process rollout's metrics, as a worker's
-        say(f"rlvr run {config.run_id}: rollout metrics http://127.0.0.1:{metrics_port}/metrics")
+        rollout: RolloutSide
+        if on_ray:
+            worker_ends = WorkerEndpoints(endpoints.redis_url, endpoints.controller_url, endpoints.reward_url)
+            rollout = RayRollout(config, worker_ends, prompts, world_path)
+        else:
+            rollout = LocalRollout(setup, reward, controller, prompts, rollouts, config.rollout.backend.type)
         collector = StepCollector(
             rollouts, new_consumer_name("trainer"), config.rollout.prompts_per_step,
             max_staleness=config.trainer.max_staleness if setup.model_dir is not None else None,
         )  # fmt: skip
         start = controller.get_phase()
-        trainer = start_trainer(config, setup, run_dir, start.last_reported_step)
+        trainer = start_trainer(config, setup, run_dir, start.last_reported_step, on_ray=on_ray)
         pipe = _Pipeline(config, setup, controller, prompts, rollout, collector, rollouts, trainer)
-        fill_missing_steps(run_dir, controller, start.last_reported_step)
-        result = DriveResult(first_step=start.current_step, rollout_metrics_url=f"http://127.0.0.1:{metrics_port}")
-        # This driver is the run's only consumer: whatever a dead earlier attempt held is ours to finish.
-        result.accounting["adopted_entries"] = rollout.adopt_abandoned() + collector.adopt_abandoned()
-        for step in range(start.current_step, config.total_steps + 1):
-            raise_if_interrupted()
-            row = run_step(pipe, step)
-            run_dir.append_step(row)
-            emit(row)
-            result.steps_run += 1
-            for key in ("train/duplicate_groups", "train/leftover_groups", "train/stale_groups_dropped",
-                        "rollout/stale_prompts"):  # fmt: skip
-                result.accounting[key] = result.accounting.get(key, 0) + int(row[key])
-        result.complete = controller.get_phase().complete
-        if trainer is not None:
-            result.checkpoints = trainer.checkpoint_steps()
-            trainer.close()
+        pipe.policy_version = start.last_reported_step if trainer is not None else 0
+        try:
+            if trainer is not None and start.last_reported_step:
+                rollout.load_weights(trainer.weights(), start.last_reported_step)
+            fill_missing_steps(run_dir, controller, start.last_reported_step)
+            # This driver is the run's only consumer: whatever a dead earlier attempt held is ours to finish.
+            adopted = rollout.adopt_abandoned() + collector.adopt_abandoned()
+            if isinstance(rollout, RayRollout):
+                rollout.start()
+                pipe.stuck_after_s = config.ray.stuck_after_s
+            say(f"rlvr run {config.run_id}: rollout metrics {' '.join(rollout.metrics_urls)}")
+            result = DriveResult(first_step=start.current_step, rollout_metrics_urls=rollout.metrics_urls)
+            result.accounting["adopted_entries"] = adopted
+            for step in range(start.current_step, config.total_steps + 1):
+                raise_if_interrupted()
+                row = run_step(pipe, step)
+                run_dir.append_step(row)
+                emit(row)
+                result.steps_run += 1
+                for key in ("train/duplicate_groups", "train/leftover_groups", "train/stale_groups_dropped",
+                            "rollout/stale_prompts"):  # fmt: skip
+                    result.accounting[key] = result.accounting.get(key, 0) + int(row[key])
+            result.complete = controller.get_phase().complete
+            result.accounting["rollout_restarts"] = rollout.restarts
+            result.accounting["trainer_restarts"] = getattr(trainer, "restarts", 0)
+            result.rollout_metrics_urls = rollout.metrics_urls
+            result.rollout_metrics = scrape_all(rollout.metrics_urls, "rlvr_rollout_")
+            if trainer is not None:
+                result.checkpoints = trainer.checkpoint_steps()
+        finally:
+            rollout.close()
+            if trainer is not None:
+                trainer.close()
     client.close()
     return result
 
 
+@contextlib.contextmanager
+def _executor(config: RunConfig) -> Iterator[bool]:
+    """Ray for the run when `ray.enabled` (True), else nothing (False)."""
+    if not config.ray.enabled:
+        yield False
+        return
+    with ray_session(config.ray, namespace=f"rlvr-{config.run_id}"):
+        yield True
+
+
 def start_trainer(
-    config: RunConfig, setup: RolloutSetup, run_dir: RunDirectory, last_reported: int
-) -> TrainerRank | None:
+    config: RunConfig, setup: RolloutSetup, run_dir: RunDirectory, last_reported: int, *, on_ray: bool = False
+) -> TrainerSide | None:
     """The run's trainer (None for replay), restored to the last reported step when the run resumes."""
     if setup.model_dir is None:
         return None
-    threads = getattr(config.rollout.backend, "torch_threads", None)
-    trainer = TrainerRank(config.model_dump_json(), str(setup.model_dir), str(run_dir.path), torch_threads=threads)
+    trainer: TrainerSide
+    if on_ray:
+        trainer = RayTrainerGroup(config, setup.model_dir, run_dir.path)
+    else:
+        threads = getattr(config.rollout.backend, "torch_threads", None)
+        trainer = TrainerRank(config.model_dump_json(), str(setup.model_dir), str(run_dir.path), torch_threads=threads)
     if last_reported == 0:
         return trainer
     if last_reported not in trainer.checkpoint_steps():
+        steps = trainer.checkpoint_steps()
         trainer.close()
         raise ResumeError(
             f"the controller has {last_reported} reported steps, but {run_dir.path / 'checkpoints'} holds no complete "
-            f"checkpoint of step {last_reported} (it has {trainer.checkpoint_steps() or 'none'}): the weights after "
+            f"checkpoint of step {last_reported} (it has {steps or 'none'}): the weights after "
             "that step are lost, so the run cannot continue exactly; checkpoint every step "
             "(trainer.checkpoint.every = 1) to make runs resumable at any point"
         )
     trainer.restore(last_reported)
-    policy_backend(setup).load_weights(trainer.weights(), last_reported)
     return trainer
-
-
-def policy_backend(setup: RolloutSetup) -> PolicyBackend:
-    if not callable(getattr(setup.backend, "load_weights", None)):
-        raise TypeError(f"the rollout backend {type(setup.backend).__name__} cannot load trained weights")
-    return cast(PolicyBackend, setup.backend)
 
 
 def run_step(pipe: _Pipeline, step: int) -> dict[str, Any]:
     """One step of the run, as the algorithm reads (see the module docstring)."""
     pipe.controller.wait_until_resumed()
     phase = pipe.controller.get_phase(step).phase  # the phase of the step being trained (SPEC §2)
-    feed(pipe, step)
+    if step not in pipe.fed_steps:
+        feed(pipe, step)
     collected, stale_prompts = gather_step(pipe, step)
+    if pipe.config.trainer.max_staleness >= 1 and step < pipe.config.total_steps and pipe.trainer is not None:
+        feed(pipe, step + 1)  # asynchronous: the next step's rollout overlaps this step's update
     metrics: dict[str, float | None] = {
         **train(pipe, step, collected, phase),
         "train/duplicate_groups": float(collected.duplicates),
@@ -153,12 +197,13 @@ def run_step(pipe: _Pipeline, step: int) -> dict[str, Any]:
         "train/stale_groups_dropped": float(collected.stale_dropped),
         "rollout/stale_prompts": float(stale_prompts),
         "train/phase_staleness_steps_max": float(max(phase.step - g.phase.step for g in collected.groups)),
+        "train/policy_lag_max": float(max(step - 1 - g.policy_version for g in collected.groups)),
     }
     if pipe.setup.human_labels is not None:
         metrics["reward/human_label_agreement"] = human_label_agreement(pipe.setup.human_labels, collected)
     generation_phases = sorted({g.phase.step: g.phase for g in collected.groups}.values(), key=lambda p: p.step)
     report = StepReport(
-        run_id=pipe.config.run_id, step=step, policy_version=pipe.setup.backend.policy_version, phase=phase,
+        run_id=pipe.config.run_id, step=step, policy_version=pipe.policy_version, phase=phase,
         generation_phases=generation_phases, metrics=metrics,
     )  # fmt: skip
     report_when_running(pipe.controller, report)
@@ -171,7 +216,8 @@ def train(pipe: _Pipeline, step: int, collected: CollectedStep, phase: Phase) ->
     if pipe.trainer is None:
         return dict(plan_step(collate_groups(collected.groups), phase, pipe.config.credit, pipe.config.trainer).metrics)
     metrics = pipe.trainer.train(step, collected.groups, phase)
-    policy_backend(pipe.setup).load_weights(pipe.trainer.weights(), step)
+    pipe.rollout.load_weights(pipe.trainer.weights(), step)
+    pipe.policy_version = step
     checkpoint = pipe.config.trainer.checkpoint
     if step == pipe.config.total_steps or (checkpoint.every and step % checkpoint.every == 0):
         pipe.trainer.save(pipe.config.build_schedule().state().model_dump(mode="json"))
@@ -181,8 +227,9 @@ def train(pipe: _Pipeline, step: int, collected: CollectedStep, phase: Phase) ->
 def feed(pipe: _Pipeline, step: int) -> None:
     """Publish the step's prompt groups, except those already in flight from an interrupted attempt."""
     dropped = set(pipe.collector.take_stale_ids(step))  # adopted groups too old to train: generate them again
-    in_flight = pipe.collector.group_ids(step) | (pipe.rollout.adopted_group_ids() - dropped)
+    in_flight = pipe.collector.group_ids(step) | (pipe.rollout.in_flight_group_ids() - dropped)
     publish_groups(pipe, step, lambda group_id: group_id not in in_flight)
+    pipe.fed_steps.add(step)
 
 
 def publish_groups(pipe: _Pipeline, step: int, wanted: Callable[[str], bool]) -> None:
@@ -193,26 +240,27 @@ def publish_groups(pipe: _Pipeline, step: int, wanted: Callable[[str], bool]) ->
 
 
 def gather_step(pipe: _Pipeline, step: int) -> tuple[CollectedStep, int]:
-    """Alternate rollout and collection until the trainer holds exactly the step's groups."""
-    stale_prompts, idle_rounds = 0, 0
+    """Let the rollout work and collect until the trainer holds exactly the step's groups."""
+    stale_prompts, last_progress = 0, time.monotonic()
     while not pipe.collector.poll(step, block_ms=0):
         raise_if_interrupted()
         if stale := set(pipe.collector.take_stale_ids(step)):  # too old to train: the same prompts again
             publish_groups(pipe, step, stale.__contains__)
-        produced = pipe.rollout.process_available(block_ms=READ_BLOCK_MS)
+        restarts = pipe.rollout.restarts
+        produced = pipe.rollout.produce(block_ms=READ_BLOCK_MS)
         stale_prompts += produced.stale_prompts
         if produced.paused:
             pipe.controller.wait_until_resumed()
             continue
-        if produced.published or pipe.collector.poll(step, block_ms=READ_BLOCK_MS):
-            idle_rounds = 0
+        moved = produced.published or pipe.rollout.restarts != restarts
+        if moved or pipe.collector.poll(step, block_ms=READ_BLOCK_MS):
+            last_progress = time.monotonic()
             continue
-        idle_rounds += 1
-        if idle_rounds >= IDLE_ROUNDS_BEFORE_STUCK:
+        if time.monotonic() - last_progress >= pipe.stuck_after_s:
             raise PipelineStuckError(
                 f"step {step}: {pipe.collector.have(step)} of {pipe.config.rollout.prompts_per_step} scored groups "
-                f"arrived and nothing moved for {IDLE_ROUNDS_BEFORE_STUCK * READ_BLOCK_MS / 1000:.0f} s; check the "
-                "dead letters (rlvr:<run>:dead) and the service logs"
+                f"arrived and nothing moved for {pipe.stuck_after_s:.0f} s; check the dead letters "
+                "(rlvr:<run>:dead) and the service logs"
             )
     return pipe.collector.take(step), stale_prompts
 

@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from services.core.config import ConfigError, RunConfig
 from services.core.redis_conn import redact_url
 from services.core.result_stream import say
@@ -22,6 +20,7 @@ from services.run.driver import drive
 from services.run.infra import local_infrastructure
 from services.run.preflight import preflight
 from services.run.run_dir import RunDirectory
+from services.run.scrape import scrape
 from services.run.world import ensure_world, world_summary
 
 EXIT_COMPLETE, EXIT_INCOMPLETE, EXIT_CONFLICT = 0, 1, 3
@@ -38,7 +37,7 @@ def run_main_job(
     preflight(config)
     world = ensure_world(config.world) if config.world is not None else None  # built on first use, then reused
     try:
-        setup = build_rollout(config, world.path if world is not None else None)
+        setup = build_rollout(config, world.path if world is not None else None, with_backend=not config.ray.enabled)
     except (ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"rollout.backend ({config.rollout.backend.type}): {exc}") from None
     run_dir = RunDirectory(out_dir or Path("runs") / config.run_id)
@@ -52,7 +51,8 @@ def run_main_job(
                 f"rlvr run {config.run_id}: redis {redact_url(ends.redis_url)}, controller {ends.controller_url}, "
                 f"reward server {ends.reward_url}, output {run_dir.path}"
             )
-            result = drive(config, ends, run_dir, setup, emit=_print_row)
+            world_path = world.path if world is not None else None
+            result = drive(config, ends, run_dir, setup, emit=_print_row, world_path=world_path)
             summary: dict[str, Any] = {
                 "run_id": config.run_id,
                 "first_step": result.first_step,
@@ -65,7 +65,7 @@ def run_main_job(
                 "world": world_summary(world) if world is not None else None,
                 "controller": scrape(ends.controller_url, "rlvr_controller_"),
                 "reward_server": scrape(ends.reward_url, "rlvr_reward_"),
-                "rollout": scrape(result.rollout_metrics_url, "rlvr_rollout_"),
+                "rollout": result.rollout_metrics,
             }
     except ServiceExitedError as exc:
         run_dir.discard_staged()
@@ -79,13 +79,3 @@ def run_main_job(
 
 def _print_row(row: dict[str, Any]) -> None:
     say(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))
-
-
-def scrape(url: str, prefix: str) -> dict[str, float]:
-    """The unlabelled samples of a service's /metrics whose names start with `prefix`."""
-    values = {}
-    for line in httpx.get(f"{url}/metrics", timeout=5.0).text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith(prefix) and "{" not in name and value:
-            values[name] = float(value)
-    return values

@@ -23,6 +23,7 @@ from services.core.config.policy_loss import (
     SeqMeanDenominator,
 )
 from services.core.config.queues import QueueSettings
+from services.core.config.ray import RayConfig
 from services.core.config.reward import RewardConfig
 from services.core.config.rollout import (
     HFBackendConfig,
@@ -53,6 +54,7 @@ __all__ = [
     "PolicyLossConfig",
     "QueueSettings",
     "RatioLevel",
+    "RayConfig",
     "ReplayBackendConfig",
     "RewardConfig",
     "RolloutBackendConfig",

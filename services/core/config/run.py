@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.core.config.credit import ENTROPY_STRATEGIES, CreditConfig
 from services.core.config.queues import QueueSettings
+from services.core.config.ray import RayConfig
 from services.core.config.reward import RewardConfig
 from services.core.config.rollout import RolloutConfig
 from services.core.config.trainer import TrainerConfig
@@ -27,6 +28,7 @@ OPERATIONAL_FIELDS: dict[str, Any] = {
     "reward": {"workers"},
     "rollout": {"workers", "worker_cpus", "worker_gpus"},
     "trainer": {"checkpoint"},
+    "ray": True,
 }
 """Settings that may change when a run resumes (they change speed, not what is trained): not fingerprinted."""
 
@@ -46,6 +48,7 @@ class RunConfig(BaseModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Advantages and the policy loss.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="The run's reward server.")
     queues: QueueSettings = Field(default_factory=QueueSettings, description="Bounds of the run's Redis streams.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Rollout and trainer as Ray actors (operational).")
     world: WorldConfig | None = Field(
         default=None,
         description="The tiny world (synthetic task, tokenizer, warm-started policy): `rlvr run` builds it on first "
@@ -60,6 +63,10 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"credit.strategy={strategy!r} needs per-token entropies from a forward pass of the policy, and the "
                 "replay backend has no policy: use strategy 'tp' or 'none' with replay"
+            )
+        if self.ray.enabled and backend == "replay":
+            raise ValueError(
+                "ray.enabled needs a policy backend (hf or vllm): the replay backend runs in the driver's process only"
             )
         if backend in ("hf", "vllm") and self.world is None:
             policy = self.rollout.backend

@@ -1,0 +1,163 @@
+"""`rlvr run` with `ray.enabled`: rollout workers and the trainer as actors on a local Ray started by the run, for
+real (Redis, controller, reward server, hf backend, DeepSpeed trainer). Synchronous and asynchronous runs complete
+with the policy version advancing and a checkpoint; a rollout worker SIGKILLed mid-run is replaced with no group
+lost or trained twice; a trainer rank SIGKILLed mid-run is restarted from its checkpoint and the run ends with the
+steps and phases of an uninterrupted one; nothing is left running after any of them.
+
+The untrained tiny policy never answers correctly, so an entropy bonus gives every update a gradient (as in
+test_trainer_resume.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.e2e.run_process import RunProcess, descendants, survivors
+from tests.tiny_models import write_prompts, write_tiny_model
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+TOTAL = 6
+GROUPS = 2
+FIND_ACTOR_S = 120.0  # only against a hang while looking for an actor's process
+
+
+def _config(tmp: Path, *, max_staleness: int = 0, workers: int = 2) -> Path:
+    model = write_tiny_model(tmp / "model")
+    prompts = write_prompts(tmp / "prompts.jsonl", 32)
+    path = tmp / "run.toml"
+    path.write_text(
+        f"""
+run_id = "ray-{tmp.name[-8:].replace("_", "-")}"
+total_steps = {TOTAL}
+[schedule]
+mode = "linear"
+initial_magnitude = 0.99
+min_ratio = 0.0
+max_ratio = 0.8
+[credit]
+strategy = "tp"
+[rollout]
+prompts_per_step = {GROUPS}
+samples_per_prompt = 4
+workers = {workers}
+worker_cpus = 0.5
+[rollout.backend]
+type = "hf"
+model = "{model}"
+prompts = "{prompts}"
+torch_threads = 1
+[rollout.sampling]
+temperature = 1.0
+max_new_tokens = 16
+[trainer]
+max_staleness = {max_staleness}
+[trainer.policy_loss]
+entropy_coef = 0.01
+[trainer.optimizer]
+lr = 1e-3
+implementation = "torch"
+[trainer.engine]
+param_dtype = "fp32"
+zero_stage = 0
+micro_batch_size = 4
+[trainer.checkpoint]
+every = 1
+keep = 2
+[reward]
+workers = 1
+[queues]
+claim_idle_ms = 3000
+[ray]
+enabled = true
+num_cpus = 2
+trainer_cpus = 0.5
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _rows(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+
+
+def _run_to_end(run: RunProcess) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    tree = [psutil.Process(run.process.pid), *descendants(run.process.pid)]
+    code = run.wait()
+    assert code == 0, run.stderr()
+    assert not survivors(tree), "processes left after the run"
+    return _rows(run.out), json.loads((run.out / "summary.json").read_text())
+
+
+def _assert_trained_every_step_once(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    assert [r["step"] for r in rows] == list(range(1, TOTAL + 1))
+    assert [r["train/policy_version"] for r in rows] == [float(s) for s in range(1, TOTAL + 1)]
+    assert all(r["train/groups"] == GROUPS for r in rows)  # every step trained exactly its groups
+    assert summary["complete"] is True
+    assert Path(summary["checkpoints"][-1]).name == f"global_step{TOTAL}"
+    assert (Path(summary["checkpoints"][-1]) / "hf" / "model.safetensors").is_file()
+
+
+def test_synchronous_run_on_ray(tmp_path: Path) -> None:
+    rows, summary = _run_to_end(RunProcess(tmp_path / "out", config=_config(tmp_path)))
+    _assert_trained_every_step_once(rows, summary)
+    assert all(r["train/policy_lag_max"] == 0 for r in rows)  # synchronous: every group from the latest weights
+    assert summary["accounting"]["rollout_restarts"] == 0
+    rollout = summary["rollout"]
+    assert rollout["rlvr_rollout_groups_total"] >= TOTAL * GROUPS  # the two workers' counters, added
+    assert rollout["rlvr_rollout_policy_version"] >= TOTAL - 1
+
+
+def test_asynchronous_run_on_ray(tmp_path: Path) -> None:
+    rows, summary = _run_to_end(RunProcess(tmp_path / "out", config=_config(tmp_path, max_staleness=1)))
+    _assert_trained_every_step_once(rows, summary)
+    assert all(0 <= r["train/policy_lag_max"] <= 1 for r in rows)  # never staler than allowed
+
+
+def _actor_pids(run: RunProcess, title: str) -> list[int]:
+    """Processes of the run's actors of one class (Ray titles them `ray::<Class>...`)."""
+    deadline = time.monotonic() + FIND_ACTOR_S
+    while time.monotonic() < deadline:
+        found = []
+        for proc in descendants(run.process.pid):
+            try:
+                if proc.cmdline() and proc.cmdline()[0].startswith(f"ray::{title}"):
+                    found.append(proc.pid)
+            except psutil.Error:
+                continue
+        if found:
+            return found
+        time.sleep(0.5)
+    raise TimeoutError(f"no ray::{title} process under the run")
+
+
+def test_a_killed_rollout_worker_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
+    run = RunProcess(tmp_path / "out", config=_config(tmp_path))
+    assert run.wait_for_steps(2), run.stderr()
+    os.kill(_actor_pids(run, "RolloutWorker")[0], signal.SIGKILL)
+    rows, summary = _run_to_end(run)
+    _assert_trained_every_step_once(rows, summary)
+    assert summary["accounting"]["rollout_restarts"] >= 1
+
+
+def test_a_killed_trainer_is_restarted_from_its_checkpoint(tmp_path: Path) -> None:
+    config = _config(tmp_path, workers=1)
+    run = RunProcess(tmp_path / "out", config=config)
+    assert run.wait_for_steps(2), run.stderr()
+    os.kill(_actor_pids(run, "TrainerRank")[0], signal.SIGKILL)
+    rows, summary = _run_to_end(run)
+    _assert_trained_every_step_once(rows, summary)
+    assert summary["accounting"]["trainer_restarts"] >= 1
+    straight = RunProcess(tmp_path / "straight", config=config)
+    straight_rows, _ = _run_to_end(straight)
+    assert [(r["step"], r["ratio"], r["stage"]) for r in rows] == [
+        (r["step"], r["ratio"], r["stage"]) for r in straight_rows
+    ]  # the schedule went on as if nothing happened
