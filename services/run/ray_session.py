@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 
 from services.core.config import RayConfig
@@ -34,16 +37,33 @@ def ray_session(config: RayConfig, namespace: str) -> Iterator[None]:
     cluster only this driver disconnects, and the run's actors end with it (they are not detached)."""
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process: the run must own its Ray session")
-    if config.address is None:
-        for key, value in LOCAL_WORKER_ENV.items():
-            os.environ.setdefault(key, value)  # read by the local raylet at start; a user's own setting wins
+    if config.address is not None:
+        ray.init(address=config.address, namespace=namespace, log_to_driver=False, configure_logging=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    for key, value in LOCAL_WORKER_ENV.items():
+        os.environ.setdefault(key, value)  # read by the local raylet at start; a user's own setting wins
+    reaper = start_reaper()
+    try:
         ray.init(
             num_cpus=config.num_cpus, include_dashboard=False, namespace=namespace, log_to_driver=False,
             configure_logging=False,
         )  # fmt: skip
-    else:
-        ray.init(address=config.address, namespace=namespace, log_to_driver=False, configure_logging=False)
-    try:
         yield
     finally:
         ray.shutdown()
+        reaper.terminate()  # it ends what shutdown left behind, then exits
+        reaper.wait()
+
+
+def start_reaper() -> subprocess.Popen[bytes]:
+    """services/run/ray_reaper.py watching this process; it leaves the children that exist now (the run's services,
+    which die with the run by themselves) alone."""
+    existing = [str(child.pid) for child in psutil.Process().children(recursive=True)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.run.ray_reaper", str(os.getpid()), *existing], cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip

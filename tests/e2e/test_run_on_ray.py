@@ -161,3 +161,17 @@ def test_a_killed_trainer_is_restarted_from_its_checkpoint(tmp_path: Path) -> No
     assert [(r["step"], r["ratio"], r["stage"]) for r in rows] == [
         (r["step"], r["ratio"], r["stage"]) for r in straight_rows
     ]  # the schedule went on as if nothing happened
+
+
+def test_a_killed_run_leaves_nothing_running_and_the_same_command_resumes_it(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    run = RunProcess(tmp_path / "out", config=config)
+    assert run.wait_for_steps(2), run.stderr()
+    _actor_pids(run, "RolloutWorker")  # Ray's processes are up
+    tree = descendants(run.process.pid)
+    run.signal(signal.SIGKILL)
+    run.wait()
+    assert not survivors(tree), "processes of the SIGKILLed run still running"  # Ray's agents included
+    rows, summary = _run_to_end(RunProcess(tmp_path / "out", config=config))
+    _assert_trained_every_step_once(rows, summary)
+    assert summary["first_step"] > 1  # it resumed, not restarted

@@ -1,0 +1,80 @@
+"""Ends the local Ray instance's processes when the run that started them is gone, however it went.
+
+`ray.shutdown()` ends them on every exit the run sees (completion, errors, Ctrl-C, SIGTERM). A SIGKILLed run sees
+nothing: Ray's raylet and workers notice their driver's death and exit, but its agent processes (`ray::DashboardAgent`,
+`ray::RuntimeEnvAgent`) were measured still running 30 s later. This watcher, started by the run next to its local
+Ray instance, remembers every process that appears under the run (except those it was told to leave alone: the
+run's services, which die with the run on their own) and, once the run has exited or asks it to stop, kills those
+still alive (matched by pid and start time, so a recycled pid is never touched).
+
+    python -m services.run.ray_reaper RUN_PID [IGNORED_PID ...]
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from types import FrameType
+
+import psutil
+
+POLL_S = 0.5
+
+
+def _key(proc: psutil.Process) -> tuple[int, float] | None:
+    try:
+        return proc.pid, proc.create_time()
+    except psutil.Error:
+        return None
+
+
+def _kill(seen: dict[int, float]) -> None:
+    for pid, started in seen.items():
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() == started:
+                proc.kill()
+        except psutil.Error:
+            continue
+
+
+def watch(run_pid: int, ignored: set[int]) -> None:
+    stop = False
+
+    def asked_to_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, asked_to_stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the run, which stops us after
+    me = psutil.Process()
+    try:
+        run = psutil.Process(run_pid)
+    except psutil.NoSuchProcess:
+        return
+    seen: dict[int, float] = {}
+    while not stop:
+        try:
+            if not run.is_running() or run.status() == psutil.STATUS_ZOMBIE:
+                break
+            tree = run.children(recursive=True)
+        except psutil.Error:
+            break
+        for proc in tree:
+            if proc.pid != me.pid and proc.pid not in ignored and (key := _key(proc)) is not None:
+                seen.setdefault(key[0], key[1])
+        time.sleep(POLL_S)
+    _kill(seen)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or not all(a.isdigit() for a in argv):
+        print("usage: python -m services.run.ray_reaper RUN_PID [IGNORED_PID ...]", file=sys.stderr)
+        return 2
+    watch(int(argv[0]), {int(a) for a in argv[1:]})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
