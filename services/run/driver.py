@@ -291,7 +291,7 @@ def step_row(phase: Phase, metrics: dict[str, float | None]) -> dict[str, Any]:
 
 
 def fill_missing_steps(run_dir: RunDirectory, controller: ControllerClient, last_reported: int) -> int:
-    """Steps the controller accepted but steps.jsonl lacks (a crash between report and append) are filled in from
+    """Steps the controller accepted but metrics.jsonl lacks (a crash between report and append) are filled in from
     the controller's stored reports; torn lines are dropped. Returns how many were filled in."""
     rows = run_dir.read_steps()
     have = {row["step"] for row in rows}

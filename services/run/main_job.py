@@ -16,9 +16,11 @@ from services.core.redis_conn import redact_url
 from services.core.result_stream import say
 from services.process import ServiceExitedError
 from services.rollout.build import build_rollout
-from services.run.driver import drive
+from services.run.driver import DriveResult, drive
+from services.run.final_eval import evaluate_run, held_out_data
 from services.run.infra import local_infrastructure
 from services.run.preflight import preflight
+from services.run.report import RunReport
 from services.run.run_dir import RunDirectory
 from services.run.scrape import scrape
 from services.run.world import ensure_world, world_summary
@@ -52,7 +54,15 @@ def run_main_job(
                 f"reward server {ends.reward_url}, output {run_dir.path}"
             )
             world_path = world.path if world is not None else None
-            result = drive(config, ends, run_dir, setup, emit=_print_row, world_path=world_path)
+            samples = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
+            report = RunReport(
+                run_dir.path, config.build_schedule(), samples_per_step=samples, earlier=run_dir.read_steps()
+            )
+            try:
+                result = drive(config, ends, run_dir, setup, emit=lambda row: _emit(report, row), world_path=world_path)
+            finally:
+                report.close()
+            held_out = final_evaluation(config, result, setup.model_dir, world_path, ends.reward_url, run_dir)
             summary: dict[str, Any] = {
                 "run_id": config.run_id,
                 "first_step": result.first_step,
@@ -63,6 +73,7 @@ def run_main_job(
                     str(run_dir.path / "checkpoints" / "_actor" / f"global_step{step}") for step in result.checkpoints
                 ],
                 "world": world_summary(world) if world is not None else None,
+                "held_out": held_out,
                 "controller": scrape(ends.controller_url, "rlvr_controller_"),
                 "reward_server": scrape(ends.reward_url, "rlvr_reward_"),
                 "rollout": result.rollout_metrics,
@@ -77,5 +88,23 @@ def run_main_job(
     return EXIT_COMPLETE if result.complete else EXIT_INCOMPLETE
 
 
-def _print_row(row: dict[str, Any]) -> None:
+def final_evaluation(
+    config: RunConfig, result: DriveResult, warm_start: Path | None, world_path: Path | None, reward_url: str,
+    run_dir: RunDirectory,
+) -> dict[str, Any] | None:  # fmt: skip
+    """The last checkpoint's held-out accuracy against the warm start's, once the run is complete (None when there is
+    nothing to evaluate: evaluation off, no policy, no held-out set, or no final model export)."""
+    data = held_out_data(config, world_path)
+    if not (config.evaluation.enabled and result.complete and warm_start is not None and data is not None):
+        return None
+    final = run_dir.path / "checkpoints" / "_actor" / f"global_step{config.total_steps}" / "hf"
+    if not final.is_dir():
+        return None
+    return evaluate_run(
+        config, warm_start=warm_start, final=final, data=data, reward_url=reward_url, out_dir=run_dir.path / "eval"
+    )
+
+
+def _emit(report: RunReport, row: dict[str, Any]) -> None:
+    report.add(row)
     say(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}))

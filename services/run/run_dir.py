@@ -3,7 +3,7 @@
 Nothing is written before the stored run accepted the config (a refused resume leaves the folder as it was):
 the launcher stages the resolved config as `config.pending.json`, the controller checks it against the run in
 Redis, and only then is it committed as `config.json` with `schedule.json` and `schedule.png`.
-`steps.jsonl` gets each step as it completes (append, flushed); a resume keeps what is there and fills in any
+`metrics.jsonl` gets each step as it completes (append, flushed); a resume keeps what is there and fills in any
 step the controller accepted but the folder missed (a crash between the report and the append).
 """
 
@@ -22,7 +22,7 @@ PENDING_CONFIG = "config.pending.json"
 class RunDirectory:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.steps_path = path / "steps.jsonl"
+        self.steps_path = path / "metrics.jsonl"
 
     @property
     def pending_config(self) -> Path:
@@ -55,7 +55,7 @@ class RunDirectory:
         plot_schedule(schedule, self.path / "schedule.png", title=config.run_id)
 
     def recorded_steps(self) -> set[int]:
-        """Steps already in steps.jsonl (a torn last line from a kill mid-write is ignored and rewritten)."""
+        """Steps already in metrics.jsonl (a torn last line from a kill mid-write is ignored and rewritten)."""
         return {row["step"] for row in self.read_steps()}
 
     def read_steps(self) -> list[dict[str, Any]]:
@@ -83,7 +83,7 @@ class RunDirectory:
             os.fsync(handle.fileno())
 
     def rewrite_steps(self, rows: list[dict[str, Any]]) -> None:
-        """steps.jsonl as exactly `rows`, in step order (used once at resume, to drop torn lines and fill gaps)."""
+        """metrics.jsonl as exactly `rows`, in step order (used once at resume, to drop torn lines and fill gaps)."""
         ordered = sorted({row["step"]: row for row in rows}.values(), key=lambda row: row["step"])
         _write_atomic(self.steps_path, "".join(json.dumps(row) + "\n" for row in ordered))
 

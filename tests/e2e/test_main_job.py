@@ -24,7 +24,7 @@ def _run(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def _steps(out: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_main_job_on_the_embedded_default(tmp_path: Path) -> None:
@@ -51,11 +51,11 @@ def test_rerun_keeps_the_run_and_a_changed_config_is_refused_before_writing(tmp_
     """The embedded Redis keeps its data in the run folder: a finished run stays finished, its files untouched."""
     require_shared_data("bench/gsm8k_example_model_solutions.jsonl")
     assert _run(tmp_path, *SHORT).returncode == 0
-    files = {name: (tmp_path / name).read_bytes() for name in ("config.json", "schedule.json", "steps.jsonl")}
+    files = {name: (tmp_path / name).read_bytes() for name in ("config.json", "schedule.json", "metrics.jsonl")}
     again = _run(tmp_path, *SHORT)
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["steps_run"] == 0
-    assert (tmp_path / "steps.jsonl").read_bytes() == files["steps.jsonl"]
+    assert (tmp_path / "metrics.jsonl").read_bytes() == files["metrics.jsonl"]
     for change, code_word in (("schedule.max_ratio=0.9", "schedule"), ("credit.strategy=none", "credit.strategy")):
         refused = _run(tmp_path, *SHORT, "--set", change)
         assert refused.returncode == 3, refused.stdout + refused.stderr

@@ -86,7 +86,7 @@ trainer_cpus = 0.5
 
 
 def _rows(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _run_to_end(run: RunProcess) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -27,7 +27,7 @@ def replay_data() -> None:
 
 
 def _steps(out: Path) -> list[int]:
-    path = out / "steps.jsonl"
+    path = out / "metrics.jsonl"
     return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
 
 

@@ -69,7 +69,7 @@ workers = 1
 
 
 def _rows(out: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _final_weights(out: Path) -> dict[str, object]:

@@ -5,6 +5,7 @@ config once and writes `runs/<id>/config.json`; every child process loads that r
 """
 
 from services.core.config.credit import CREDIT_STRATEGIES, ENTROPY_STRATEGIES, CreditConfig, CreditStrategy
+from services.core.config.evaluation import EvaluationConfig
 from services.core.config.loading import (
     ConfigError,
     apply_overrides,
@@ -48,6 +49,7 @@ __all__ = [
     "CreditConfig",
     "CreditStrategy",
     "EngineConfig",
+    "EvaluationConfig",
     "HFBackendConfig",
     "KLEstimator",
     "OptimizerConfig",

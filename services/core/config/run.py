@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.core.config.credit import ENTROPY_STRATEGIES, CreditConfig
+from services.core.config.evaluation import EvaluationConfig
 from services.core.config.queues import QueueSettings
 from services.core.config.ray import RayConfig
 from services.core.config.reward import RewardConfig
@@ -29,6 +30,7 @@ OPERATIONAL_FIELDS: dict[str, Any] = {
     "rollout": {"workers", "worker_cpus", "worker_gpus"},
     "trainer": {"checkpoint"},
     "ray": True,
+    "evaluation": True,
 }
 """Settings that may change when a run resumes (they change speed, not what is trained): not fingerprinted."""
 
@@ -48,6 +50,9 @@ class RunConfig(BaseModel):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Advantages and the policy loss.")
     reward: RewardConfig = Field(default_factory=RewardConfig, description="The run's reward server.")
     queues: QueueSettings = Field(default_factory=QueueSettings, description="Bounds of the run's Redis streams.")
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, description="Held-out accuracy at the end of the run (operational)."
+    )
     ray: RayConfig = Field(default_factory=RayConfig, description="Rollout and trainer as Ray actors (operational).")
     world: WorldConfig | None = Field(
         default=None,
