@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="output folder (default runs/<run_id>)")
     run.add_argument("--redis-url", default=None, help="use this Redis instead of an embedded one (or REDIS_URL)")
     run.add_argument(
+        "--controller-url", default=None, help="use this controller (with --reward-url and a Redis URL) instead of one"
+        " started here: the entry point inside a Kubernetes job",
+    )  # fmt: skip
+    run.add_argument("--reward-url", default=None, help="use this reward server (with --controller-url)")
+    run.add_argument(
+        "--ray-address", default=None, help="run the actors on this Ray cluster (sets ray.enabled and ray.address)"
+    )
+    run.add_argument(
         "--force-schedule", action="store_true", help="resume an existing run with a changed schedule (recorded)"
     )
     run.add_argument(
@@ -111,6 +119,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.ray_address is not None:
+        args.overrides = [*args.overrides, "ray.enabled=true", f"ray.address={json.dumps(args.ray_address)}"]
     config = _load(args)
     from services.run.main_job import RunConflictError, run_main_job
     from services.run.preflight import preflight
@@ -122,7 +132,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         with sigterm_as_interrupt():
             redis_url = args.redis_url or os.environ.get("REDIS_URL")
-            return run_main_job(config, out_dir=args.out, redis_url=redis_url, force_schedule=args.force_schedule)
+            return run_main_job(
+                config, out_dir=args.out, redis_url=redis_url, force_schedule=args.force_schedule,
+                controller_url=args.controller_url, reward_url=args.reward_url,
+            )  # fmt: skip
     except RunConflictError as exc:
         print(f"rlvr run: error: {exc}", file=sys.stderr)
         return EXIT_CONFLICT

@@ -54,3 +54,26 @@ def local_infrastructure(
         run_service("reward-server", [], logs, env=config.reward.server_env()) as reward_url,
     ):
         yield Endpoints(config.run_id, url, controller_url, reward_url)
+
+
+class EndpointsError(ValueError):
+    """Given endpoints that cannot serve this run (incomplete, or a controller of another run)."""
+
+
+@contextlib.contextmanager
+def given_infrastructure(
+    config: RunConfig, *, redis_url: str | None, controller_url: str, reward_url: str
+) -> Iterator[Endpoints]:
+    """Services that already exist (a Kubernetes job: the chart runs Redis, the controller and the reward server).
+    The controller must be serving this run: a controller of another run is refused before anything is written."""
+    if not redis_url:
+        raise EndpointsError("--controller-url and --reward-url need the run's Redis too: --redis-url or REDIS_URL")
+    from services.controller.client import ControllerClient
+
+    with ControllerClient(controller_url) as controller:
+        serving = controller.get_phase().run_id
+    if serving != config.run_id:
+        raise EndpointsError(
+            f"the controller at {controller_url} serves run {serving!r}, not this config's {config.run_id!r}"
+        )
+    yield Endpoints(config.run_id, redis_url, controller_url, reward_url)

@@ -18,7 +18,7 @@ from services.process import ServiceExitedError
 from services.rollout.build import build_rollout
 from services.run.driver import DriveResult, drive
 from services.run.final_eval import evaluate_run, held_out_data
-from services.run.infra import local_infrastructure
+from services.run.infra import EndpointsError, given_infrastructure, local_infrastructure
 from services.run.preflight import preflight
 from services.run.report import RunReport
 from services.run.run_dir import RunDirectory
@@ -34,8 +34,13 @@ class RunConflictError(RuntimeError):
 
 
 def run_main_job(
-    config: RunConfig, *, out_dir: Path | None, redis_url: str | None, force_schedule: bool = False
-) -> int:
+    config: RunConfig, *, out_dir: Path | None, redis_url: str | None, force_schedule: bool = False,
+    controller_url: str | None = None, reward_url: str | None = None,
+) -> int:  # fmt: skip
+    """With `controller_url` and `reward_url` (and a Redis URL) the run uses those services instead of starting its
+    own (the Kubernetes entry point); otherwise it starts them locally."""
+    if (controller_url is None) != (reward_url is None):
+        raise ConfigError("--controller-url and --reward-url go together: give both, or neither to start them locally")
     preflight(config)
     world = ensure_world(config.world) if config.world is not None else None  # built on first use, then reused
     try:
@@ -45,9 +50,14 @@ def run_main_job(
     run_dir = RunDirectory(out_dir or Path("runs") / config.run_id)
     staged = run_dir.stage_config(config)
     try:
-        with local_infrastructure(
-            config, config_file=staged, redis_url=redis_url, run_path=run_dir.path, force_schedule=force_schedule
-        ) as ends:
+        infrastructure = (
+            given_infrastructure(config, redis_url=redis_url, controller_url=controller_url, reward_url=reward_url)
+            if controller_url is not None and reward_url is not None
+            else local_infrastructure(
+                config, config_file=staged, redis_url=redis_url, run_path=run_dir.path, force_schedule=force_schedule
+            )
+        )
+        with infrastructure as ends:
             run_dir.commit_config(config)  # the stored run accepted it
             say(
                 f"rlvr run {config.run_id}: redis {redact_url(ends.redis_url)}, controller {ends.controller_url}, "
@@ -78,6 +88,9 @@ def run_main_job(
                 "reward_server": scrape(ends.reward_url, "rlvr_reward_"),
                 "rollout": result.rollout_metrics,
             }
+    except EndpointsError as exc:
+        run_dir.discard_staged()
+        raise ConfigError(str(exc)) from None
     except ServiceExitedError as exc:
         run_dir.discard_staged()
         if exc.name == "controller" and exc.returncode == CONTROLLER_REFUSED:

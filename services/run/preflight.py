@@ -36,12 +36,13 @@ def check_rollout_inputs(config: RunConfig) -> None:
 
 
 def check_local_trainer(config: RunConfig) -> None:
-    """The local run trains on one rank in its own process; more data-parallel ranks need the Ray launcher."""
+    """Without Ray the run trains on one rank in its own process; more data-parallel ranks need `ray.enabled`."""
     engine = config.trainer.engine
-    if config.rollout.backend.type != "replay" and engine.world_size != 1:
+    if config.rollout.backend.type != "replay" and engine.world_size != 1 and not config.ray.enabled:
         raise ConfigError(
-            f"trainer.engine.world_size={engine.world_size}: the local `rlvr run` trains on one rank in its own "
-            "process; set trainer.engine.world_size=1 (data-parallel ranks run as TrainerWorker actors on Ray)"
+            f"trainer.engine.world_size={engine.world_size}: without Ray, `rlvr run` trains on one rank in its own "
+            "process; set trainer.engine.world_size=1, or ray.enabled=true (data-parallel ranks as TrainerWorker "
+            "actors on Ray)"
         )
 
 

@@ -17,6 +17,7 @@ from tests.shared_data import REPO_ROOT, require_shared_data
 
 PRESET = str(REPO_ROOT / "deploy" / "presets" / "tiny-cpu.toml")
 REPLAY_PRESET = str(REPO_ROOT / "deploy" / "presets" / "replay-cpu.toml")
+PRESETS = REPO_ROOT / "deploy" / "presets"
 
 
 def test_schedule_json_is_the_whole_resolved_curve(capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,6 +131,32 @@ def no_reward_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("no_reward_env")
+def test_the_gpu_preset_resolves_with_dry_run_on_local_inputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.tiny_models import write_prompts, write_tiny_model
+
+    model, prompts = write_tiny_model(tmp_path / "model"), write_prompts(tmp_path / "prompts.jsonl", 4)
+    sets = ["--set", f"rollout.backend.model={model}", "--set", f"rollout.backend.prompts={prompts}"]
+    capsys.readouterr()  # what building the tiny model printed
+    assert main(["run", "--dry-run", "--config", str(PRESETS / "qwen3-4b-tp-schedule.toml"), *sets]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["ray"]["enabled"] is True and resolved["trainer"]["engine"]["zero_stage"] == 3
+    assert resolved["rollout"]["backend"]["type"] == "vllm"
+
+
+def test_ray_address_turns_ray_on(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--config", PRESET, "--dry-run", "--ray-address", "ray://head:10001"]) == 0
+    ray = json.loads(capsys.readouterr().out)["ray"]
+    assert ray["enabled"] is True and ray["address"] == "ray://head:10001"
+
+
+def test_controller_url_without_reward_url_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--config", PRESET, "--controller-url", "http://127.0.0.1:9"])
+    assert code == EXIT_BAD_CONFIG
+    assert "--controller-url and --reward-url go together" in capsys.readouterr().err
+
+
 def test_dry_run_refuses_more_samples_than_the_replay_data_holds(capsys: pytest.CaptureFixture[str]) -> None:
     require_shared_data("bench/gsm8k_example_model_solutions.jsonl")
     code = main(["run", "--dry-run", "--config", REPLAY_PRESET, "--set", "rollout.samples_per_prompt=5"])

@@ -138,7 +138,7 @@ def test_the_local_run_trains_on_one_rank(tmp_path: Path) -> None:
         update={"trainer": config.trainer.model_copy(
             update={"engine": config.trainer.engine.model_copy(update={"world_size": 2})})}
     )  # fmt: skip
-    with pytest.raises(ConfigError, match=r"trainer.engine.world_size=2: the local `rlvr run` trains on one rank"):
+    with pytest.raises(ConfigError, match=r"trainer.engine.world_size=2: without Ray, `rlvr run` trains on one rank"):
         check_local_trainer(two_ranks)
 
 
