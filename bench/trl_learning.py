@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,19 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     logged: list[dict[str, float]] = []
 
+    step_times: list[float] = []
+
     class Log(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
             if logs:
                 logged.append({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
                 print(json.dumps({"step": state.global_step, **logged[-1]}), file=sys.stderr, flush=True)
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            step_times.append(time.perf_counter() - self.started)  # generation + scoring + update of one step
 
     trainer = GRPOTrainer(
         model=model,
@@ -80,7 +89,10 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     trainer.save_model(str(out / "model"))
     tokenizer.save_pretrained(str(out / "model"))
     rewards = [entry["reward"] for entry in logged if "reward" in entry]
-    result = {"trl_version": trl.__version__, "steps": steps, "rewards": rewards, "model": str(out / "model")}
+    result = {
+        "trl_version": trl.__version__, "steps": steps, "rewards": rewards, "model": str(out / "model"),
+        "step_times_s": step_times,
+    }  # fmt: skip
     (out / "trl_learning.json").write_text(json.dumps(result) + "\n", encoding="utf-8")
     return result
 

@@ -183,15 +183,22 @@ def start_trainer(
 
 def run_step(pipe: _Pipeline, step: int) -> dict[str, Any]:
     """One step of the run, as the algorithm reads (see the module docstring)."""
+    started = time.perf_counter()
     pipe.controller.wait_until_resumed()
     phase = pipe.controller.get_phase(step).phase  # the phase of the step being trained (SPEC §2)
+    clock = StepClock()
     if step not in pipe.fed_steps:
-        feed(pipe, step)
-    collected, stale_prompts = gather_step(pipe, step)
+        with clock.queue():
+            feed(pipe, step)
+    with clock.span("time/wait_rollout_s"):
+        collected, stale_prompts = gather_step(pipe, step, clock)
     if pipe.config.trainer.max_staleness >= 1 and step < pipe.config.total_steps and pipe.trainer is not None:
-        feed(pipe, step + 1)  # asynchronous: the next step's rollout overlaps this step's update
+        with clock.queue():
+            feed(pipe, step + 1)  # asynchronous: the next step's rollout overlaps this step's update
+    with clock.span("time/train_s"):
+        trained = train(pipe, step, collected, phase)
     metrics: dict[str, float | None] = {
-        **train(pipe, step, collected, phase),
+        **trained,
         "train/duplicate_groups": float(collected.duplicates),
         "train/leftover_groups": float(collected.leftovers),
         "train/stale_groups_dropped": float(collected.stale_dropped),
@@ -207,8 +214,9 @@ def run_step(pipe: _Pipeline, step: int) -> dict[str, Any]:
         generation_phases=generation_phases, metrics=metrics,
     )  # fmt: skip
     report_when_running(pipe.controller, report)
-    pipe.rollouts.ack(collected.entry_ids)  # only after the report: a crash before it redelivers, loses nothing
-    return step_row(phase, metrics)
+    with clock.queue():
+        pipe.rollouts.ack(collected.entry_ids)  # only after the report: a crash before it redelivers, loses nothing
+    return step_row(phase, {**metrics, **clock.metrics(time.perf_counter() - started)})
 
 
 def train(pipe: _Pipeline, step: int, collected: CollectedStep, phase: Phase) -> dict[str, float | None]:
@@ -239,10 +247,14 @@ def publish_groups(pipe: _Pipeline, step: int, wanted: Callable[[str], bool]) ->
             pipe.prompts.publish(group)
 
 
-def gather_step(pipe: _Pipeline, step: int) -> tuple[CollectedStep, int]:
+def gather_step(pipe: _Pipeline, step: int, clock: StepClock | None = None) -> tuple[CollectedStep, int]:
     """Let the rollout work and collect until the trainer holds exactly the step's groups."""
+    clock = clock or StepClock()
     stale_prompts, last_progress = 0, time.monotonic()
-    while not pipe.collector.poll(step, block_ms=0):
+    while True:
+        with clock.queue():  # a read that does not wait: what the hand-off itself costs
+            if pipe.collector.poll(step, block_ms=0):
+                break
         raise_if_interrupted()
         if stale := set(pipe.collector.take_stale_ids(step)):  # too old to train: the same prompts again
             publish_groups(pipe, step, stale.__contains__)
@@ -262,7 +274,31 @@ def gather_step(pipe: _Pipeline, step: int) -> tuple[CollectedStep, int]:
                 f"arrived and nothing moved for {pipe.stuck_after_s:.0f} s; check the dead letters "
                 "(rlvr:<run>:dead) and the service logs"
             )
-    return pipe.collector.take(step), stale_prompts
+    with clock.queue():
+        return pipe.collector.take(step), stale_prompts
+
+
+class StepClock:
+    """Where a step's time went, as `time/*` metrics: the step's wall time, the driver's wait for rollouts, the
+    update (with the weight publication and the checkpoint), and the Redis hand-off on the driver's side (publishing
+    prompts, non-blocking reads of the rollouts stream, acks; blocking waits excluded)."""
+
+    def __init__(self) -> None:
+        self.spans: dict[str, float] = {"time/wait_rollout_s": 0.0, "time/train_s": 0.0, "time/queue_ops_s": 0.0}
+
+    @contextlib.contextmanager
+    def span(self, key: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spans[key] += time.perf_counter() - started
+
+    def queue(self) -> contextlib.AbstractContextManager[None]:
+        return self.span("time/queue_ops_s")
+
+    def metrics(self, step_s: float) -> dict[str, float | None]:
+        return {"time/step_s": step_s, **self.spans}
 
 
 def report_when_running(controller: ControllerClient, report: StepReport) -> None:
