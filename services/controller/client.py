@@ -22,6 +22,9 @@ from services.core.retry import RetryExhaustedError, RetryPolicy, retry_call
 from services.core.wire import StepReport
 
 DEFAULT_RETRY = RetryPolicy(max_attempts=4, base_delay_s=0.2, max_delay_s=2.0)
+RUN_RETRY = RetryPolicy(max_attempts=40, base_delay_s=0.5, max_delay_s=5.0)
+"""The pipeline's own patience (driver and rollout workers): a controller restarted by its supervisor, or rescheduled
+by Kubernetes, is waited for (~1-3 minutes of capped backoff) instead of failing the run."""
 
 
 class HttpResponse(Protocol):

@@ -68,6 +68,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
         _received.clear()
 
 
+def interrupted() -> bool:
+    """Whether this process received SIGINT or SIGTERM inside `sigterm_as_interrupt()` (it is shutting down)."""
+    return bool(_received)
+
+
 def raise_if_interrupted() -> None:
     """Raise again the interrupt of a signal already received. A handler's exception can be lost: CPython runs
     signal handlers at the next bytecode, and an exception raised inside a finalizer (`__del__`, a weakref callback)

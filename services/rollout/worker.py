@@ -23,7 +23,7 @@ from typing import Any
 import ray
 
 from reward_server.client import RewardClient
-from services.controller.client import ControllerClient
+from services.controller.client import RUN_RETRY, ControllerClient
 from services.core.config import RunConfig
 from services.core.queues import PROMPTS, ROLLOUTS, new_consumer_name
 from services.core.redis_conn import connect
@@ -71,7 +71,7 @@ class RolloutWorker:
         self._weight_syncs = 0
         self._sync_weights()  # the latest weights before anything is generated (a late or restarted worker)
         self._redis = connect(endpoints.redis_url)
-        self._controller = ControllerClient(endpoints.controller_url)
+        self._controller = ControllerClient(endpoints.controller_url, retry=RUN_RETRY)
         self._reward = RewardClient(endpoints.reward_url, timeout_s=self.config.reward.request_timeout_s)
         queues = self.config.queues
         self.role = RolloutRole(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reward_server.client import RewardClient
-from services.controller.client import ControllerClient, ControllerRequestError
+from services.controller.client import RUN_RETRY, ControllerClient, ControllerRequestError
 from services.core.config import RunConfig
 from services.core.lifecycle import raise_if_interrupted
 from services.core.queues import PROMPTS, ROLLOUTS, new_consumer_name
@@ -88,7 +88,7 @@ def drive(
     """Run every step from the controller's current one to the last; resumable at any point."""
     client = connect(endpoints.redis_url)
     with (
-        ControllerClient(endpoints.controller_url) as controller,
+        ControllerClient(endpoints.controller_url, retry=RUN_RETRY) as controller,
         RewardClient(endpoints.reward_url) as reward,
         _executor(config) as on_ray,
     ):

@@ -1,6 +1,7 @@
 """Local infrastructure: Redis (embedded, persistent in the run folder, or `REDIS_URL`), the controller and the
-reward server as child processes. It yields the endpoints; the driver takes endpoints, so the same driver runs here
-and inside a Kubernetes job whose services already exist.
+reward server as supervised child processes (restarted on the same port if they exit on their own:
+services/service_supervisor.py). It yields the endpoints; the driver takes endpoints, so the same driver runs here
+and inside a Kubernetes job whose services already exist (`given_infrastructure`).
 
 Settings reach the children explicitly: the controller gets the run's resolved config file and the Redis URL in
 its environment (a password never appears in a command line), the reward server gets the run config's `reward`
@@ -11,13 +12,13 @@ refused by the preflight, never silently overridden.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.core.config import RunConfig
 from services.core.redis_conn import EmbeddedRedis
-from services.process import run_service
+from services.service_supervisor import supervised_service
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Endpoints:
     redis_url: str
     controller_url: str
     reward_url: str
+    service_restarts: Callable[[], dict[str, int]] = dict  # restarts of the services this run supervises
 
 
 @contextlib.contextmanager
@@ -50,10 +52,20 @@ def local_infrastructure(
     controller_args = ["--config", str(config_file), *(["--force-schedule"] if force_schedule else [])]
     with (
         redis_for_run(redis_url, run_path / "redis") as url,
-        run_service("controller", controller_args, logs, env={"RLVR_CONTROLLER_REDIS_URL": url}) as controller_url,
-        run_service("reward-server", [], logs, env=config.reward.server_env()) as reward_url,
+        supervised_service(
+            "controller",
+            controller_args,
+            logs,
+            env={"RLVR_CONTROLLER_REDIS_URL": url},
+            restart_argv=["--config", str(run_path / "config.json")],  # accepted by then: the committed config
+        ) as controller,
+        supervised_service("reward-server", [], logs, env=config.reward.server_env()) as reward,
     ):
-        yield Endpoints(config.run_id, url, controller_url, reward_url)
+        restarts = {"controller": controller, "reward-server": reward}
+        yield Endpoints(
+            config.run_id, url, controller.url, reward.url,
+            service_restarts=lambda: {name: service.restarts for name, service in restarts.items()},
+        )  # fmt: skip
 
 
 class EndpointsError(ValueError):

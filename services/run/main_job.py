@@ -78,7 +78,7 @@ def run_main_job(
                 "first_step": result.first_step,
                 "steps_run": result.steps_run,
                 "complete": result.complete,
-                "accounting": result.accounting,
+                "accounting": {**result.accounting, "service_restarts": ends.service_restarts()},
                 "checkpoints": [
                     str(run_dir.path / "checkpoints" / "_actor" / f"global_step{step}") for step in result.checkpoints
                 ],

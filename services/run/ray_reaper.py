@@ -2,12 +2,13 @@
 
 `ray.shutdown()` ends them on every exit the run sees (completion, errors, Ctrl-C, SIGTERM). A SIGKILLed run sees
 nothing: Ray's raylet and workers notice their driver's death and exit, but its agent processes (`ray::DashboardAgent`,
-`ray::RuntimeEnvAgent`) were measured still running 30 s later. This watcher, started by the run next to its local
-Ray instance, remembers every process that appears under the run (except those it was told to leave alone: the
-run's services, which die with the run on their own) and, once the run has exited or asks it to stop, kills those
-still alive (matched by pid and start time, so a recycled pid is never touched).
+`ray::RuntimeEnvAgent`) were measured still running 30 s later. This watcher, started by the run once its local
+Ray instance is up, remembers the processes Ray started (the run's children that appeared with `ray.init`, and every
+process that appears under them; never the run's other children, such as a restarted service) and, once the run has
+exited or asks it to stop, kills those still alive (matched by pid and start time, so a recycled pid is never
+touched).
 
-    python -m services.run.ray_reaper RUN_PID [IGNORED_PID ...]
+    python -m services.run.ray_reaper RUN_PID RAY_ROOT_PID [RAY_ROOT_PID ...]
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def _key(proc: psutil.Process) -> tuple[int, float] | None:
         return None
 
 
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
 def _kill(seen: dict[int, float]) -> None:
     for pid, started in seen.items():
         try:
@@ -39,7 +47,7 @@ def _kill(seen: dict[int, float]) -> None:
             continue
 
 
-def watch(run_pid: int, ignored: set[int]) -> None:
+def watch(run_pid: int, roots: set[int]) -> None:
     stop = False
 
     def asked_to_stop(signum: int, frame: FrameType | None) -> None:
@@ -54,23 +62,28 @@ def watch(run_pid: int, ignored: set[int]) -> None:
     except psutil.NoSuchProcess:
         return
     seen: dict[int, float] = {}
+    tops = [p for pid in roots if (p := _process(pid)) is not None]
     while not stop:
         try:
             if not run.is_running() or run.status() == psutil.STATUS_ZOMBIE:
                 break
-            tree = run.children(recursive=True)
         except psutil.Error:
             break
-        for proc in tree:
-            if proc.pid != me.pid and proc.pid not in ignored and (key := _key(proc)) is not None:
-                seen.setdefault(key[0], key[1])
+        for top in tops:
+            try:
+                tree = [top, *top.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for proc in tree:
+                if proc.pid != me.pid and (key := _key(proc)) is not None:
+                    seen.setdefault(key[0], key[1])
         time.sleep(POLL_S)
     _kill(seen)
 
 
 def main(argv: list[str]) -> int:
-    if not argv or not all(a.isdigit() for a in argv):
-        print("usage: python -m services.run.ray_reaper RUN_PID [IGNORED_PID ...]", file=sys.stderr)
+    if len(argv) < 2 or not all(a.isdigit() for a in argv):
+        print("usage: python -m services.run.ray_reaper RUN_PID RAY_ROOT_PID [RAY_ROOT_PID ...]", file=sys.stderr)
         return 2
     watch(int(argv[0]), {int(a) for a in argv[1:]})
     return 0

@@ -46,24 +46,28 @@ def ray_session(config: RayConfig, namespace: str) -> Iterator[None]:
         return
     for key, value in LOCAL_WORKER_ENV.items():
         os.environ.setdefault(key, value)  # read by the local raylet at start; a user's own setting wins
-    reaper = start_reaper()
+    before = {child.pid for child in psutil.Process().children()}
+    reaper: subprocess.Popen[bytes] | None = None
     try:
         ray.init(
             num_cpus=config.num_cpus, include_dashboard=False, namespace=namespace, log_to_driver=False,
             configure_logging=False,
         )  # fmt: skip
+        reaper = start_reaper([c.pid for c in psutil.Process().children() if c.pid not in before])
         yield
     finally:
         ray.shutdown()
-        reaper.terminate()  # it ends what shutdown left behind, then exits
-        reaper.wait()
+        if reaper is not None:
+            reaper.terminate()  # it ends what shutdown left behind, then exits
+            reaper.wait()
 
 
-def start_reaper() -> subprocess.Popen[bytes]:
-    """services/run/ray_reaper.py watching this process; it leaves the children that exist now (the run's services,
-    which die with the run by themselves) alone."""
-    existing = [str(child.pid) for child in psutil.Process().children(recursive=True)]
+def start_reaper(ray_roots: list[int]) -> subprocess.Popen[bytes] | None:
+    """services/run/ray_reaper.py watching this process and the processes Ray started (`ray_roots`: the children
+    that appeared with ray.init, and everything under them)."""
+    if not ray_roots:
+        return None
     return subprocess.Popen(
-        [sys.executable, "-m", "services.run.ray_reaper", str(os.getpid()), *existing], cwd=REPO_ROOT,
+        [sys.executable, "-m", "services.run.ray_reaper", str(os.getpid()), *map(str, ray_roots)], cwd=REPO_ROOT,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip

@@ -11,24 +11,27 @@ def scrape_all(urls: list[str], prefix: str) -> dict[str, float]:
     total: dict[str, float] = {}
     for url in urls:
         try:
-            values = scrape(url.removesuffix("/metrics"), prefix)
+            values = scrape(url.removesuffix("/metrics"), prefix, labelled=True)
         except httpx.HTTPError:
             continue
         for name, value in values.items():
             if name not in total:
                 total[name] = value
-            elif name.endswith(("_total", "_sum", "_count")):
+            elif name.split("{")[0].endswith(("_total", "_sum", "_count", "_bucket")):
                 total[name] += value
             else:
                 total[name] = max(total[name], value)
     return total
 
 
-def scrape(url: str, prefix: str) -> dict[str, float]:
-    """The unlabelled samples of a service's /metrics whose names start with `prefix`."""
+def scrape(url: str, prefix: str, *, labelled: bool = False) -> dict[str, float]:
+    """The samples of a service's /metrics whose names start with `prefix`: the unlabelled ones, and with `labelled`
+    also those with labels (keyed `name{label="value"}` as exposed)."""
     values = {}
     for line in httpx.get(f"{url}/metrics", timeout=5.0).text.splitlines():
-        name, _, value = line.partition(" ")
-        if name.startswith(prefix) and "{" not in name and value:
+        if not line.startswith(prefix):
+            continue
+        name, _, value = line.rpartition(" ")
+        if value and (labelled or "{" not in name):
             values[name] = float(value)
     return values

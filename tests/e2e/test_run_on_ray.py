@@ -9,6 +9,7 @@ test_trainer_resume.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TOTAL = 6
 GROUPS = 2
 FIND_ACTOR_S = 120.0  # only against a hang while looking for an actor's process
+OUTAGE_S = 10.0
 
 
 def _config(tmp: Path, *, max_staleness: int = 0, workers: int = 2, backend: str = "hf") -> Path:
@@ -181,3 +183,28 @@ def test_a_killed_run_leaves_nothing_running_and_the_same_command_resumes_it(tmp
     rows, summary = _run_to_end(RunProcess(tmp_path / "out", config=config))
     _assert_trained_every_step_once(rows, summary)
     assert summary["first_step"] > 1  # it resumed, not restarted
+
+
+def _service_pid(run: RunProcess, command: str) -> int:
+    for proc in descendants(run.process.pid):
+        with contextlib.suppress(psutil.Error):
+            if command in proc.cmdline():
+                return proc.pid
+    raise LookupError(f"no `rlvr {command}` under the run")
+
+
+def test_services_going_away_make_the_actors_wait(tmp_path: Path) -> None:
+    """The reward server frozen for 10 s (SIGSTOP) and the controller SIGKILLed: the workers wait (nothing scored
+    during the outage is published), the controller is started again on its port, the run completes."""
+    run = RunProcess(tmp_path / "out", config=_config(tmp_path))
+    assert run.wait_for_steps(2), run.stderr()
+    reward = _service_pid(run, "reward-server")
+    os.kill(reward, signal.SIGSTOP)
+    time.sleep(OUTAGE_S)
+    os.kill(reward, signal.SIGCONT)
+    os.kill(_service_pid(run, "controller"), signal.SIGKILL)
+    rows, summary = _run_to_end(run)
+    _assert_trained_every_step_once(rows, summary)
+    assert summary["accounting"]["service_restarts"]["controller"] >= 1
+    statuses = {k: v for k, v in summary["rollout"].items() if k.startswith("rlvr_rollout_reward_status_total{")}
+    assert statuses and set(statuses) <= {'rlvr_rollout_reward_status_total{status="ok"}'}  # no error verdicts
