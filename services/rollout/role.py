@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 ADOPT_BATCH = 512
 REWARD_WAIT_MAX_S = 5.0  # cap of the backoff between scoring attempts while the reward server is down
+BATCH_WINDOW_MS = 50  # how long a batch waits for the rest of a step's prompt groups
 
 
 class GeneratedSample(Protocol):
@@ -128,15 +129,20 @@ class RolloutRole:
         """Generate for every prompt group available now (waiting up to `block_ms` for the first one)."""
         done = RolloutPass()
         while not self.stop_event.is_set():
+            deliveries = self._next_deliveries(block_ms=0 if done.published else block_ms)
+            if not deliveries:
+                return done
+            # The phase and the weights are taken when the batch is in hand, not before waiting for it: the step's
+            # prompts are fed right after the previous update was published, and a batch generated with the
+            # weights of before that would be dropped as stale (bench/pipeline.py found every synchronous step on
+            # Ray generated twice that way).
             current = self._controller.get_phase()
             if current.paused:
+                self._adopted = deliveries + self._adopted  # held (unacked), generated after the pause
                 done.paused = True
                 return done
             if self._sync_weights is not None:
                 self._sync_weights()
-            deliveries = self._next_deliveries(block_ms=0 if done.published else block_ms)
-            if not deliveries:
-                return done
             fresh = []
             for delivery in deliveries:
                 if delivery.message.step < current.current_step:
@@ -158,7 +164,17 @@ class RolloutRole:
         if self._adopted:
             deliveries, self._adopted = self._adopted[: self._read_batch], self._adopted[self._read_batch :]
             return deliveries
-        return receive(self._prompts, self._consumer, count=self._read_batch, block_ms=block_ms)
+        deliveries = receive(self._prompts, self._consumer, count=self._read_batch, block_ms=block_ms)
+        # A step's prompt groups arrive one XADD at a time: a read woken by the first would generate a batch of one.
+        # Keep reading while more arrive within BATCH_WINDOW_MS, up to the batch size.
+        while deliveries and len(deliveries) < self._read_batch:
+            more = receive(
+                self._prompts, self._consumer, count=self._read_batch - len(deliveries), block_ms=BATCH_WINDOW_MS
+            )
+            if not more:
+                break
+            deliveries += more
+        return deliveries
 
     def _generate_and_score(self, deliveries: list[Delivery[PromptGroup]], phase: Phase) -> list[ScoredGroup]:
         groups = [delivery.message for delivery in deliveries]
