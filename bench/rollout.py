@@ -28,18 +28,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray
-import torch
-
-from services.core.config import WorldModelConfig
-from services.core.wire import PromptGroup
-from services.rollout.weights import fetch_newer, find_weight_store, publish_weights, weight_store
-from trainer.generation import SamplingSettings
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# First on sys.path: the script's own folder holds bench/trainer.py, which would shadow the `trainer` package.
 sys.path.insert(0, str(REPO_ROOT))
 
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+from services.core.config import WorldModelConfig  # noqa: E402
+from services.core.wire import PromptGroup  # noqa: E402
+from services.rollout.weights import fetch_newer, find_weight_store, publish_weights, weight_store  # noqa: E402
 from tests.tiny_models import perturbed_weights, write_prompts, write_tiny_model  # noqa: E402
+from trainer.generation import SamplingSettings  # noqa: E402
 
 PROMPTS, SAMPLES = 16, 8
 FIRST_BATCH: dict[str, dict[str, float]] = {}
@@ -196,6 +196,7 @@ def main() -> None:
     settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=0)
     plain = PlainLoop(model_dir, groups, settings)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as `rlvr run` starts its local Ray (ray_session.py)
     # every contender with the same OpenMP thread count from its start (Ray gives a 1-CPU actor OMP_NUM_THREADS=1)
     omp = {"env_vars": {"OMP_NUM_THREADS": str(args.threads)}}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="rlvr-bench", runtime_env=omp)
