@@ -4,8 +4,7 @@ with the policy version advancing and a checkpoint; a rollout worker SIGKILLed m
 lost or trained twice; a trainer rank SIGKILLed mid-run is restarted from its checkpoint and the run ends with the
 steps and phases of an uninterrupted one; nothing is left running after any of them.
 
-The untrained tiny policy never answers correctly, so an entropy bonus gives every update a gradient (as in
-test_trainer_resume.py)."""
+The run config is tests/e2e/policy_run.py's (an entropy bonus gives the untrained policy's updates a gradient)."""
 
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ import psutil
 import pytest
 
 from services.core.config import load_run_config
+from tests.e2e.policy_run import policy_run_toml
 from tests.e2e.run_process import RunProcess, descendants, survivors
-from tests.tiny_models import write_prompts, write_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -33,59 +32,18 @@ OUTAGE_S = 10.0
 
 
 def _config(tmp: Path, *, max_staleness: int = 0, workers: int = 2, backend: str = "hf") -> Path:
-    model = write_tiny_model(tmp / "model")
-    prompts = write_prompts(tmp / "prompts.jsonl", 32)
-    path = tmp / "run.toml"
-    path.write_text(
-        f"""
-run_id = "ray-{tmp.name[-8:].replace("_", "-")}"
-total_steps = {TOTAL}
-[schedule]
-mode = "linear"
-initial_magnitude = 0.99
-min_ratio = 0.0
-max_ratio = 0.8
-[credit]
-strategy = "tp"
-[rollout]
-prompts_per_step = {GROUPS}
-samples_per_prompt = 4
-workers = {workers}
-worker_cpus = 0.5
-[rollout.backend]
-type = "{backend}"
-model = "{model}"
-prompts = "{prompts}"
-{"torch_threads = 1" if backend == "hf" else "cpu_kv_cache_gib = 0.25"}
-[rollout.sampling]
-temperature = 1.0
-max_new_tokens = 16
-[trainer]
+    extra = f"""[trainer]
 max_staleness = {max_staleness}
-[trainer.policy_loss]
-entropy_coef = 0.01
-[trainer.optimizer]
-lr = 1e-3
-implementation = "torch"
-[trainer.engine]
-param_dtype = "fp32"
-zero_stage = 0
-micro_batch_size = 4
-[trainer.checkpoint]
-every = 1
-keep = 2
-[reward]
-workers = 1
 [queues]
 claim_idle_ms = 3000
 [ray]
 enabled = true
 num_cpus = 2
 trainer_cpus = 0.5
-""",
-        encoding="utf-8",
-    )
-    return path
+"""
+    run_id = f"ray-{tmp.name[-8:].replace('_', '-')}"
+    return policy_run_toml(tmp, run_id, total_steps=TOTAL, prompts=32, groups=GROUPS, backend=backend,
+                           rollout=f"workers = {workers}\nworker_cpus = 0.5", extra=extra)  # fmt: skip
 
 
 def _rows(out: Path) -> list[dict[str, Any]]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from tests.e2e.policy_run import policy_run_toml
 from tests.e2e.run_process import RunProcess
-from tests.tiny_models import write_prompts, write_tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -23,49 +23,7 @@ WEIGHT_TOL = 1e-6  # one process, same data and order: the resumed run repeats t
 
 
 def _config(tmp: Path) -> Path:
-    model = write_tiny_model(tmp / "model")
-    prompts = write_prompts(tmp / "prompts.jsonl", 16)
-    path = tmp / "run.toml"
-    path.write_text(
-        f"""
-run_id = "resume-{tmp.name[-8:].replace("_", "-")}"
-total_steps = {TOTAL}
-[schedule]
-mode = "linear"
-initial_magnitude = 0.99
-min_ratio = 0.0
-max_ratio = 0.8
-[credit]
-strategy = "tp"
-[rollout]
-prompts_per_step = 2
-samples_per_prompt = 4
-[rollout.backend]
-type = "hf"
-model = "{model}"
-prompts = "{prompts}"
-torch_threads = 1
-[rollout.sampling]
-temperature = 1.0
-max_new_tokens = 16
-[trainer.policy_loss]
-entropy_coef = 0.01
-[trainer.optimizer]
-lr = 1e-3
-implementation = "torch"
-[trainer.engine]
-param_dtype = "fp32"
-zero_stage = 0
-micro_batch_size = 4
-[trainer.checkpoint]
-every = 1
-keep = 2
-[reward]
-workers = 1
-""",
-        encoding="utf-8",
-    )
-    return path
+    return policy_run_toml(tmp, f"resume-{tmp.name[-8:].replace('_', '-')}", total_steps=TOTAL, prompts=16)
 
 
 def _rows(out: Path) -> list[dict[str, object]]:
