@@ -91,7 +91,7 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rlvr-learning-"))
-    world = json.loads(rlvr("prepare", "--config", str(PRESET)))
+    world = json.loads(rlvr("prepare", "--config", str(PRESET), *(a for o in args.set for a in ("--set", o))))
     world_dir = Path(world["world"])
     data = world_dir / "data" / "test.jsonl"
     run_sampling = load_run_config(PRESET, args.set).rollout.sampling  # evaluated as the run samples

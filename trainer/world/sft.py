@@ -1,4 +1,8 @@
-"""Supervised warm start of the tiny policy on reference solutions, checkpointed at every evaluation.
+"""Supervised warm start of the tiny policy on demonstrations, checkpointed at every evaluation.
+
+The demonstrations are the reference solutions, or with `slip_rate` > 0 a fallible demonstrator's: each operation
+that crosses a tens boundary forgets its carry or borrow with that probability, drawn afresh every time a problem
+is shown (trainer/world/tasks.py), so the warm start learns when a slip is possible and how often to make one.
 
 Loss: mean token cross-entropy over the response tokens and the EOS that ends them (the prompt is context only).
 AdamW with a linear warm-up to a constant rate, gradient norm clipped at 1. What is evaluated and kept is an
@@ -51,14 +55,18 @@ class SFTResult:
 
 
 def sft_batch(
-    tokenizer: PreTrainedTokenizerBase, problems: Sequence[Problem]
+    tokenizer: PreTrainedTokenizerBase, problems: Sequence[Problem], responses: Sequence[str] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, labels) right-padded; labels are -100 on the prompt and the padding."""
+    """(input_ids, attention_mask, labels) right-padded; labels are -100 on the prompt and the padding.
+    `responses`: the demonstrations to imitate (default: the reference solutions)."""
     eos = tokenizer.eos_token_id
     assert eos is not None
+    texts = [p.solution for p in problems] if responses is None else list(responses)
+    if len(texts) != len(problems):
+        raise ValueError(f"{len(texts)} responses for {len(problems)} problems")
     pairs = [
-        (tokenizer.encode(p.prompt, add_special_tokens=False), tokenizer.encode(p.solution, add_special_tokens=False))
-        for p in problems
+        (tokenizer.encode(p.prompt, add_special_tokens=False), tokenizer.encode(text, add_special_tokens=False))
+        for p, text in zip(problems, texts, strict=True)
     ]
     width = max(len(prompt) + len(answer) + 1 for prompt, answer in pairs)
     ids = torch.full((len(pairs), width), eos, dtype=torch.long)
@@ -91,6 +99,7 @@ def run_sft(
     order = list(range(len(train)))
     rng = random.Random(f"{seed}:sft-order")
     rng.shuffle(order)
+    slips = random.Random(f"{seed}:sft-slips")
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
     average = WeightAverage(model, config.ema_decay)
     low, high = config.target_accuracy - config.tolerance, config.target_accuracy + config.tolerance
@@ -109,7 +118,8 @@ def run_sft(
         rate = config.learning_rate * min(1.0, step / max(config.warmup_steps, 1))
         for group in optimizer.param_groups:
             group["lr"] = rate if cooled_at is None else config.learning_rate * config.cooldown_factor
-        ids, mask, labels = sft_batch(tokenizer, batch)
+        demonstrations = [p.sampled_demonstration(slips, config.slip_rate) for p in batch]
+        ids, mask, labels = sft_batch(tokenizer, batch, demonstrations)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"SFT loss is {loss.item()} at step {step}: lower world.sft.learning_rate")

@@ -17,6 +17,7 @@ Pure Python, deterministic per seed: `Random(f"{seed}:{split}:{level}")` streams
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -79,11 +80,29 @@ class Problem:
 
         Each rewrite line evaluates the first operation of the line above and copies the rest, so every step is a
         local computation (the two numbers at the start of the previous line) plus a contiguous copy."""
+        return self.demonstration([False] * len(self.operands))
+
+    def demonstration(self, slips: Sequence[bool]) -> str:
+        """The solution as a fallible demonstrator writes it: where `slips[k]` is set and operation k crosses a tens
+        boundary, the carry or borrow is forgotten (`slipped_total`) and the chain goes on from the written total,
+        so the boxed answer is wrong. No slips: the reference solution."""
+        if len(slips) != len(self.operands):
+            raise ValueError(f"{len(slips)} slip flags for {len(self.operands)} operations")
         lines = [f"Plan: {len(self.operands)} steps, evaluate left to right.", self.expression]
-        for k, total in enumerate(self.totals, start=1):
-            lines.append("=" + str(total) + "".join(_signed(op) for op in self.operands[k:]))
-        lines.append(f"Answer: \\boxed{{{self.answer}}}")
+        total = self.start
+        for k, (op, slip) in enumerate(zip(self.operands, slips, strict=True), start=1):
+            total = slipped_total(total, total + op) if slip else total + op
+            lines.append("=" + str(total) + "".join(_signed(o) for o in self.operands[k:]))
+        lines.append(f"Answer: \\boxed{{{total}}}")
         return "\n".join(lines)
+
+    def sampled_demonstration(self, rng: random.Random, slip_rate: float) -> str:
+        """A demonstration whose every operation slips with probability `slip_rate` (0: the reference solution)."""
+        if not 0.0 <= slip_rate < 1.0:
+            raise ValueError(f"slip_rate must be in [0, 1), got {slip_rate}")
+        if slip_rate == 0.0:
+            return self.solution
+        return self.demonstration([rng.random() < slip_rate for _ in self.operands])
 
     @property
     def key(self) -> str:
@@ -99,6 +118,13 @@ class Problem:
             "level": self.level,
             "solution": self.solution,
         }
+
+
+def slipped_total(before: int, after: int) -> int:
+    """The total a demonstrator writes when it forgets the carry or borrow of `before` -> `after`: the new units digit
+    under the old total's higher digits (728-9: 729 instead of 719; 195+7: 192 instead of 202). Equal to `after` when
+    the operation crosses no tens boundary."""
+    return before - before % 10 + after % 10
 
 
 def _signed(op: int) -> str:

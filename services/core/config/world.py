@@ -99,6 +99,16 @@ class WorldSFTConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     batch_size: int = Field(default=32, ge=1, le=4096, description="Sequences per SFT step.")
+    slip_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        allow_inf_nan=False,
+        description="Probability that a demonstration forgets the carry or borrow of an operation that crosses a tens "
+        "boundary (drawn afresh for every demonstration shown; the chain goes on from the written total, so the "
+        "answer is wrong). A warm start that imitates it makes such slips when sampled: a discrete, learnable failure "
+        "mode for RL to select against (trainer/world/tasks.py). Below 0.5, so the correct digit stays the mode.",
+    )
     learning_rate: float = Field(default=5e-4, gt=0, le=1.0, allow_inf_nan=False, description="AdamW peak rate.")
     warmup_steps: int = Field(default=20, ge=0, le=100_000, description="Linear warm-up steps.")
     max_steps: int = Field(default=1500, ge=1, le=1_000_000, description="Upper bound on SFT steps.")

@@ -31,6 +31,16 @@ def test_labels_cover_the_response_and_eos_only() -> None:
         assert TOKENIZER.decode(ids[row, len(prompt) : length - 1].tolist()) == problem.solution
 
 
+def test_the_labels_are_the_demonstrations_given() -> None:
+    demonstrations = [p.demonstration([True] * len(p.operands)) for p in PROBLEMS[:3]]
+    _, mask, labels = sft_batch(TOKENIZER, PROBLEMS[:3], demonstrations)
+    for row, (problem, text) in enumerate(zip(PROBLEMS[:3], demonstrations, strict=True)):
+        start, length = len(TOKENIZER.encode(problem.prompt, add_special_tokens=False)), int(mask[row].sum())
+        assert TOKENIZER.decode(labels[row, start : length - 1].tolist()) == text
+    with pytest.raises(ValueError, match="2 responses for 3 problems"):
+        sft_batch(TOKENIZER, PROBLEMS[:3], demonstrations[:2])
+
+
 def test_cadence_stop_and_kept_weights() -> None:
     config = WorldSFTConfig(
         batch_size=4, max_steps=7, eval_every=3, screen_size=2, target_accuracy=0.3, ema_decay=0.0

@@ -4,13 +4,14 @@ server's own scorer, corrupted answers graded wrong, and guessing worth ~nothing
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
 from reward_server.scorers import resolve_kind, score
 from services.core.config import WorldTaskConfig
 from trainer.world.splits import SPLITS, build_splits, most_common_label_accuracy
-from trainer.world.tasks import DATA_SOURCE, Problem, generate_problem, ops_for_level, total_range
+from trainer.world.tasks import DATA_SOURCE, Problem, generate_problem, ops_for_level, slipped_total, total_range
 
 SMALL = WorldTaskConfig(train_size=600, validation_size=60, test_size=90, ood_size=90)
 
@@ -100,3 +101,39 @@ def test_guessing_the_most_common_label_scores_about_nothing() -> None:
         assert most_common_label_accuracy([str(p.answer) for p in splits[name]]) <= 0.02, name
     with pytest.raises(ValueError):
         most_common_label_accuracy([])
+
+
+def test_a_slip_forgets_the_carry_or_borrow_and_nothing_else() -> None:
+    assert slipped_total(728, 719) == 729  # 728-9 without the borrow
+    assert slipped_total(195, 202) == 192  # 195+7 without the carry
+    assert slipped_total(711, 705) == 715
+    assert slipped_total(714, 719) == 719 and slipped_total(719, 711) == 711  # no tens boundary: no slip possible
+    problem = Problem(start=728, operands=(-9, -8, -6, 5), level=1)
+    assert problem.demonstration([False] * 4) == problem.solution
+    slipped = problem.demonstration([True, False, False, False])
+    assert slipped.splitlines()[2:] == ["=729-8-6+5", "=721-6+5", "=715+5", "=720", "Answer: \\boxed{720}"]
+    kind = resolve_kind(None, DATA_SOURCE)
+    assert score(kind, slipped, str(problem.answer)).reward == 0.0  # a slip carries on to a wrong answer
+    no_crossing = problem.demonstration([False, True, False, False])  # 719-8 = 711 crosses no tens boundary
+    assert no_crossing == problem.solution
+    with pytest.raises(ValueError, match="slip flags"):
+        problem.demonstration([True])
+
+
+def test_sampled_demonstrations_slip_at_the_stated_rate() -> None:
+    problems = build_splits(SMALL, 2)["train"]
+    rng = random.Random(0)
+    assert all(p.sampled_demonstration(rng, 0.0) == p.solution for p in problems[:50])
+    crossings = slips = 0
+    for problem in problems:  # read the written totals back and count where a carry or borrow was forgotten
+        lines = problem.sampled_demonstration(rng, 0.25).splitlines()
+        written = [problem.start] + [int(re.match(r"=(\d+)", line).group(1)) for line in lines[2:-1]]  # type: ignore[union-attr]
+        for k, op in enumerate(problem.operands):
+            if written[k] // 10 != (written[k] + op) // 10:
+                crossings += 1
+                slips += written[k + 1] != written[k] + op
+            else:
+                assert written[k + 1] == written[k] + op
+    assert crossings > 1000 and abs(slips / crossings - 0.25) < 0.04  # binomial sd ~0.013 at this count
+    with pytest.raises(ValueError, match="slip_rate"):
+        problems[0].sampled_demonstration(rng, 1.0)
