@@ -63,10 +63,10 @@ def _shares(rows: list[dict[str, Any]], summary: dict[str, Any], samples: int) -
     }
 
 
-def run_ours(mode: str, steps: int, workdir: Path, samples: int) -> dict[str, Any]:
+def run_ours(mode: str, steps: int, workdir: Path, samples: int, extra: list[str]) -> dict[str, Any]:
     out = workdir / mode
     sets = [f"total_steps={steps}", f"run_id=bench-{mode.replace('_', '-')}-{uuid.uuid4().hex[:6]}", *COMMON,
-            *MODES[mode]]  # fmt: skip
+            *MODES[mode], *extra]  # fmt: skip
     started = time.monotonic()
     rlvr("run", "--config", str(PRESET), "--out", str(out), *(a for s in sets for a in ("--set", s)))
     wall = time.monotonic() - started
@@ -94,12 +94,13 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="our contenders to run")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more overrides of our runs")
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rlvr-pipeline-"))
     config = load_run_config(PRESET, [])
     samples = config.rollout.prompts_per_step * config.rollout.samples_per_prompt
     load_before = os.getloadavg()
-    results: dict[str, Any] = {mode: run_ours(mode, args.steps, workdir, samples) for mode in args.modes}
+    results: dict[str, Any] = {mode: run_ours(mode, args.steps, workdir, samples, args.set) for mode in args.modes}
     if not args.skip_trl:
         results["trl"] = run_trl(args.steps, workdir, samples)
     ratios: dict[str, float] = {}
@@ -112,7 +113,8 @@ def main() -> None:
             ratios[f"{mode}_step_over_trl"] = results[mode]["step_s_median"] / results["trl"]["step_s_median"]
     print(json.dumps({
         "bench": "pipeline", "steps": args.steps, "samples_per_step": samples, "contenders": results,
-        "ratios": ratios, "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "workdir": str(workdir),
+        "ratios": ratios, "overrides": args.set, "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg(), "workdir": str(workdir),
     }))  # fmt: skip
 
 

@@ -11,7 +11,7 @@ VENV=${VENV:-.venv}
 "$VENV/bin/mypy" services trainer reward_server
 
 set +e
-"$VENV/bin/python" -m pytest -m "not gpu" -p no:cacheprovider "$@"
+"$VENV/bin/python" -m pytest -m "not gpu" -p no:cacheprovider --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -44,6 +44,10 @@ from trainer.step import plan_step
 from trainer.worker import TrainerRank
 
 READ_BLOCK_MS = 1000
+ACCOUNTED_PER_STEP = (
+    "train/duplicate_groups", "train/leftover_groups", "train/stale_groups_dropped", "rollout/stale_prompts",
+)  # fmt: skip
+"""Per-step counts the run's summary adds up (DriveResult.accounting)."""
 LOCAL_STUCK_AFTER_S = 30.0  # in-process rollout: nothing produced and nothing arriving for this long
 
 
@@ -109,38 +113,46 @@ def drive(
         pipe = _Pipeline(config, setup, controller, prompts, rollout, collector, rollouts, trainer)
         pipe.policy_version = start.last_reported_step if trainer is not None else 0
         try:
-            if trainer is not None and start.last_reported_step:
-                rollout.load_weights(trainer.weights(), start.last_reported_step)
-            fill_missing_steps(run_dir, controller, start.last_reported_step)
-            # This driver is the run's only consumer: whatever a dead earlier attempt held is ours to finish.
-            adopted = rollout.adopt_abandoned() + collector.adopt_abandoned()
-            if isinstance(rollout, RayRollout):
-                rollout.start()
-                pipe.stuck_after_s = config.ray.stuck_after_s
-            say(f"rlvr run {config.run_id}: rollout metrics {' '.join(rollout.metrics_urls)}")
-            result = DriveResult(first_step=start.current_step, rollout_metrics_urls=rollout.metrics_urls)
-            result.accounting["adopted_entries"] = adopted
-            for step in range(start.current_step, config.total_steps + 1):
-                raise_if_interrupted()
-                row = run_step(pipe, step)
-                run_dir.append_step(row)
-                emit(row)
-                result.steps_run += 1
-                for key in ("train/duplicate_groups", "train/leftover_groups", "train/stale_groups_dropped",
-                            "rollout/stale_prompts"):  # fmt: skip
-                    result.accounting[key] = result.accounting.get(key, 0) + int(row[key])
-            result.complete = controller.get_phase().complete
-            result.accounting["rollout_restarts"] = rollout.restarts
-            result.accounting["trainer_restarts"] = getattr(trainer, "restarts", 0)
-            result.rollout_metrics_urls = rollout.metrics_urls
-            result.rollout_metrics = scrape_all(rollout.metrics_urls, "rlvr_rollout_")
-            if trainer is not None:
-                result.checkpoints = trainer.checkpoint_steps()
+            result = _run_steps(pipe, run_dir, start.current_step, start.last_reported_step, emit)
         finally:
             rollout.close()
             if trainer is not None:
                 trainer.close()
     client.close()
+    return result
+
+
+def _run_steps(
+    pipe: _Pipeline, run_dir: RunDirectory, first_step: int, last_reported: int, emit: Callable[[dict[str, Any]], None]
+) -> DriveResult:
+    """Resume the pipeline's state where the last attempt left it, run the steps left, and account for them."""
+    rollout, trainer, controller = pipe.rollout, pipe.trainer, pipe.controller
+    if trainer is not None and last_reported:
+        rollout.load_weights(trainer.weights(), last_reported)
+    fill_missing_steps(run_dir, controller, last_reported)
+    # This driver is the run's only consumer: whatever a dead earlier attempt held is ours to finish.
+    adopted = rollout.adopt_abandoned() + pipe.collector.adopt_abandoned()
+    if isinstance(rollout, RayRollout):
+        rollout.start()
+        pipe.stuck_after_s = pipe.config.ray.stuck_after_s
+    say(f"rlvr run {pipe.config.run_id}: rollout metrics {' '.join(rollout.metrics_urls)}")
+    result = DriveResult(first_step=first_step, rollout_metrics_urls=rollout.metrics_urls)
+    result.accounting["adopted_entries"] = adopted
+    for step in range(first_step, pipe.config.total_steps + 1):
+        raise_if_interrupted()
+        row = run_step(pipe, step)
+        run_dir.append_step(row)
+        emit(row)
+        result.steps_run += 1
+        for key in ACCOUNTED_PER_STEP:
+            result.accounting[key] = result.accounting.get(key, 0) + int(row[key])
+    result.complete = controller.get_phase().complete
+    result.accounting["rollout_restarts"] = rollout.restarts
+    result.accounting["trainer_restarts"] = getattr(trainer, "restarts", 0)
+    result.rollout_metrics_urls = rollout.metrics_urls
+    result.rollout_metrics = scrape_all(rollout.metrics_urls, "rlvr_rollout_")
+    if trainer is not None:
+        result.checkpoints = trainer.checkpoint_steps()
     return result
 
 

@@ -100,7 +100,7 @@ class WorldSFTConfig(BaseModel):
 
     batch_size: int = Field(default=32, ge=1, le=4096, description="Sequences per SFT step.")
     slip_rate: float = Field(
-        default=0.0,
+        default=0.25,
         ge=0.0,
         lt=0.5,
         allow_inf_nan=False,
@@ -111,7 +111,7 @@ class WorldSFTConfig(BaseModel):
     )
     learning_rate: float = Field(default=5e-4, gt=0, le=1.0, allow_inf_nan=False, description="AdamW peak rate.")
     warmup_steps: int = Field(default=20, ge=0, le=100_000, description="Linear warm-up steps.")
-    max_steps: int = Field(default=1500, ge=1, le=1_000_000, description="Upper bound on SFT steps.")
+    max_steps: int = Field(default=3000, ge=1, le=1_000_000, description="Upper bound on SFT steps.")
     ema_decay: float = Field(
         default=0.98,
         ge=0.0,
@@ -121,7 +121,7 @@ class WorldSFTConfig(BaseModel):
         "average is the steadier, more representative warm start.",
     )
     eval_every: int = Field(
-        default=25,
+        default=50,
         ge=1,
         le=100_000,
         description="Steps between greedy evaluations (a quick screen until accuracy nears the target).",
@@ -135,16 +135,21 @@ class WorldSFTConfig(BaseModel):
         "hundreds of steps, then jumps within ~50: evaluating sparsely would step over the band.",
     )
     target_accuracy: float = Field(
-        default=0.30, gt=0.0, lt=1.0, description="Greedy validation accuracy the kept checkpoint should have."
+        default=0.85,
+        gt=0.0,
+        lt=1.0,
+        description="Greedy validation accuracy the kept checkpoint should have. With slipped demonstrations the "
+        "greedy answer is the policy's competence (a slip is never the mode) and the sampled one is lower: the "
+        "default world keeps a warm start that computes (greedy ~0.9) and slips when sampled (~0.5 at T = 1).",
     )
     tolerance: float = Field(
-        default=0.08,
+        default=0.10,
         gt=0.0,
         lt=1.0,
         description="Checkpoints within target ± tolerance are candidates; the flattest of them is kept.",
     )
     cooldown_at: float = Field(
-        default=0.5,
+        default=1.0,
         gt=0.0,
         le=1.0,
         description="Once the validation accuracy reaches this fraction of the target, training goes on from the "
