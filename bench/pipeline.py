@@ -4,8 +4,9 @@ GRPOTrainer on the same work: one JSON line, never asserts.
     bash bench/trl_env.sh      # once, for the TRL side (skipped with --skip-trl)
     .venv/bin/python bench/pipeline.py [--steps 8] [--skip-trl] [--workdir DIR]
 
-Same model, batch and lengths everywhere: the tiny-cpu preset's world policy, 16 prompts x 8 samples, <= 224 new
-tokens at T = 1, plain GRPO (TRL has no credit strategy), a checkpoint only at the end. Each contender is one
+Same model, batch, lengths and work everywhere: the tiny-cpu preset's world policy, 16 prompts x 8 samples, <= 224
+new tokens at T = 1, plain GRPO (TRL has no credit strategy), a checkpoint only at the end, no post-update KL pass
+(`trainer.update_kl_every=0`: an analysis metric TRL does not compute; it costs ~20% of our step). Each contender is one
 `rlvr run` (or one TRL run) of --steps steps; the first step is dropped (start-up, JIT, first weight sync), the
 others give the median step time (`time/step_s` in metrics.jsonl; TRL: from step begin to step end).
   - `local_sync`: rollout and trainer in the run's process, one after the other (the default preset).
@@ -36,11 +37,13 @@ from services.core.config import load_run_config
 
 MODES: dict[str, list[str]] = {
     "local_sync": [],
-    "ray_sync": ["ray.enabled=true", "trainer.max_staleness=0"],
-    "ray_async": ["ray.enabled=true", "trainer.max_staleness=1"],
+    # synchronous: rollout and trainer take turns, each with both cores; asynchronous: they overlap, one core each
+    "ray_sync": ["ray.enabled=true", "trainer.max_staleness=0", "rollout.backend.torch_threads=2"],
+    "ray_async": ["ray.enabled=true", "trainer.max_staleness=1", "rollout.backend.torch_threads=1"],
 }
 COMMON = [
-    "credit.strategy=none", "evaluation.enabled=false", "trainer.checkpoint.every=0", "rollout.workers=1",
+    "credit.strategy=none", "evaluation.enabled=false", "trainer.checkpoint.every=0", "trainer.update_kl_every=0",
+    "rollout.workers=1",
     "rollout.worker_cpus=1", "ray.trainer_cpus=1", "ray.num_cpus=2",
 ]  # fmt: skip
 
