@@ -43,8 +43,7 @@ MODES: dict[str, list[str]] = {
 }
 COMMON = [
     "credit.strategy=none", "evaluation.enabled=false", "trainer.checkpoint.every=0", "trainer.update_kl_every=0",
-    "rollout.workers=1",
-    "rollout.worker_cpus=1", "ray.trainer_cpus=1", "ray.num_cpus=2",
+    "rollout.workers=1", "rollout.worker_cpus=1", "ray.trainer_cpus=1", "ray.num_cpus=2",
 ]  # fmt: skip
 
 
